@@ -15,10 +15,14 @@ difference in grey levels (``measure: grey``); a pixel changed *visibly* when it
 * ``under``         share of visibly changed pixels outside the mask (under-labelling; NaN when nothing
   changed visibly);
 * ``iou``           |mask ∩ visible| / |mask ∪ visible| (NaN when both are empty: a normal output);
-* ``invisible``     the mask is non-empty but none of its pixels changed visibly.
+* ``invisible``     the mask is non-empty but none of its pixels changed visibly;
+* ``misaligned``    more than ``misaligned_share`` of the pixels *outside* the mask changed visibly: the
+  stored normal image is not the base of this output (DRAEM rotates the whole image before synthesis,
+  30 % of draws, and the cache keeps no angle), so the pixel comparison says nothing about its label.
 
 Summaries are means over outputs of these per-output shares (each output counts once, whatever its
-size), NaNs skipped; ``invisible`` becomes the share of labelled outputs flagged.
+size), NaNs skipped and misaligned outputs left out (counted in ``n_misaligned``); ``invisible`` becomes
+the share of labelled outputs flagged.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,7 @@ class FidelityOptions:
 
     measure: str = "ciede2000"
     visibility_threshold: float = 2.3
+    misaligned_share: float = 0.5
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -51,10 +57,14 @@ class FidelityOptions:
         if not self.visibility_threshold >= 0:
             raise ConfigError(f"visibility_threshold must be >= 0, got {self.visibility_threshold}.",
                               where="fidelity.visibility_threshold", fix="Give a non-negative ΔE / grey level.")
+        if not 0 < self.misaligned_share <= 1:
+            raise ConfigError(f"misaligned_share must be in (0, 1], got {self.misaligned_share}.",
+                              where="fidelity.misaligned_share", fix="Give a share of the pixels, e.g. 0.5.")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FidelityOptions:
-        return cls(measure=str(cfg["measure"]), visibility_threshold=float(cfg["visibility_threshold"]))
+        return cls(measure=str(cfg["measure"]), visibility_threshold=float(cfg["visibility_threshold"]),
+                   misaligned_share=float(cfg["misaligned_share"]))
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class LabelFidelity:
     under: float
     iou: float
     invisible: bool
+    misaligned: bool = False
 
 
 def change_map(normal: np.ndarray, pseudo: np.ndarray, measure: str = "ciede2000") -> np.ndarray:
@@ -91,8 +102,9 @@ def change_map(normal: np.ndarray, pseudo: np.ndarray, measure: str = "ciede2000
     return out
 
 
-def measure_visible(mask: np.ndarray, visible: np.ndarray) -> LabelFidelity:
-    """The measures for a bool label ``mask`` against a bool ``visible``-change map of the same shape."""
+def measure_visible(mask: np.ndarray, visible: np.ndarray, misaligned_share: float = 1.0) -> LabelFidelity:
+    """The measures for a bool label ``mask`` against a bool ``visible``-change map of the same shape;
+    ``misaligned`` when more than ``misaligned_share`` of the pixels outside the mask changed visibly."""
     mask, visible = mask.astype(bool), visible.astype(bool)
     n_mask, n_vis = int(mask.sum()), int(visible.sum())
     inter = int((mask & visible).sum())
@@ -105,6 +117,7 @@ def measure_visible(mask: np.ndarray, visible: np.ndarray) -> LabelFidelity:
         under=(n_vis - inter) / n_vis if n_vis else math.nan,
         iou=inter / union if union else math.nan,
         invisible=bool(n_mask and inter == 0),
+        misaligned=bool(total > n_mask and (n_vis - inter) > misaligned_share * (total - n_mask)),
     )
 
 
@@ -112,12 +125,14 @@ def label_fidelity(normal: np.ndarray, pseudo: np.ndarray, mask: np.ndarray,
                    options: FidelityOptions) -> tuple[LabelFidelity, np.ndarray]:
     """Measures of one pseudo anomaly and its change map (for galleries)."""
     change = change_map(normal, pseudo, options.measure)
-    return measure_visible(mask, change > options.visibility_threshold), change
+    return measure_visible(mask, change > options.visibility_threshold, options.misaligned_share), change
 
 
 def summarize(items: Sequence[LabelFidelity]) -> dict[str, Any]:
-    """Means over outputs (NaN skipped; None when no output has the measure), counts, invisible share."""
-    out: dict[str, Any] = {"n": len(items)}
+    """Means over aligned outputs (NaN skipped; None when no output has the measure), counts, invisible
+    share."""
+    out: dict[str, Any] = {"n": len(items), "n_misaligned": sum(i.misaligned for i in items)}
+    items = [i for i in items if not i.misaligned]
     for key in MEASURE_KEYS:
         values = np.array([getattr(i, key) for i in items], np.float64)
         finite = values[~np.isnan(values)]
@@ -144,10 +159,14 @@ def evaluate_pseudo(normals: Sequence[np.ndarray], pseudo: np.ndarray, masks: np
 
 
 def run_summary(fidelity_cfg: Mapping[str, Any], normals: Sequence[np.ndarray], pseudo: np.ndarray,
-                masks: np.ndarray, normal_index: Sequence[int],
-                infos: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """metrics.json's ``label_fidelity``: the mean measures of a run's pseudo anomalies, the options used
-    and, when the records carry ``info[group_by]`` (CAI: ``scale``), the same split by that key."""
+                masks: np.ndarray, normal_index: Sequence[int], cache_dir: str | Path | None = None,
+                ) -> dict[str, Any]:
+    """metrics.json's ``label_fidelity`` (called by ``cai.pipeline.run_job``): the mean measures of a run's
+    pseudo anomalies, the options used and, when the cache's records carry ``info[group_by]`` (CAI:
+    ``scale``), the same split by that key."""
+    from cai.synth.cache import read_manifest
+
+    infos = [r.info for r in read_manifest(Path(cache_dir))] if cache_dir is not None else None
     options = FidelityOptions.from_config(fidelity_cfg)
     items = evaluate_pseudo(normals, pseudo, masks, normal_index, options)
     result = {**summarize(items), **asdict(options)}
