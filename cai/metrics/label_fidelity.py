@@ -5,8 +5,8 @@ smooth Poisson halo inside CAI's Eq. 4 label) teaches it to mark normal pixels; 
 mask (e.g. NSA's shared-background region, a low-opacity DRAEM texture) teaches it to ignore defects.
 
 Per pixel, the perceptual change between the normal image and its pseudo anomaly (both at the working size
-the detector sees) is CIEDE2000 ΔE00 (``measure: ciede2000``) or the largest absolute RGB channel
-difference in grey levels (``measure: grey``); a pixel changed *visibly* when it exceeds
+the detector sees) is CIEDE2000 ΔE00 (``measure: ciede2000``) or the absolute difference of the grey
+images (``measure: grey``; OpenCV's RGB→grey, as CAI's Eq. 4 label); a pixel changed *visibly* when it exceeds
 ``visibility_threshold`` (conf/fidelity). Per output:
 
 * ``label_area``    share of the image inside the mask;
@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from skimage.color import deltaE_ciede2000, rgb2lab
 
@@ -48,7 +49,7 @@ class FidelityOptions:
 
     measure: str = "ciede2000"
     visibility_threshold: float = 2.3
-    misaligned_share: float = 0.5
+    misaligned_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -88,13 +89,13 @@ def change_map(normal: np.ndarray, pseudo: np.ndarray, measure: str = "ciede2000
     """
     if normal.shape != pseudo.shape:
         raise ValueError(f"normal {normal.shape} and pseudo {pseudo.shape} differ in size")
-    a, b = normal.astype(np.int16), pseudo.astype(np.int16)
     if measure == "grey":
-        return np.abs(a - b).max(axis=-1).astype(np.float64)
+        a, b = (cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY).astype(np.float64) for x in (normal, pseudo))
+        return np.abs(a - b)
     if measure != "ciede2000":
         raise ValueError(f"unknown measure {measure!r}")
     out = np.zeros(normal.shape[:2], np.float64)
-    changed = (a != b).any(axis=-1)
+    changed = (normal != pseudo).any(axis=-1)
     if changed.any():
         lab_a = rgb2lab(normal[changed][None].astype(np.float64) / 255.0)[0]
         lab_b = rgb2lab(pseudo[changed][None].astype(np.float64) / 255.0)[0]
@@ -146,8 +147,10 @@ def summarize(items: Sequence[LabelFidelity]) -> dict[str, Any]:
 
 def summarize_groups(items: Sequence[LabelFidelity], groups: Sequence[str | None]) -> dict[str, dict[str, Any]]:
     """:func:`summarize` per group label (e.g. CAI's scale type); outputs without a label are left out."""
+    if len(items) != len(groups):
+        raise ValueError("one group label per item")
     names = sorted({g for g in groups if g is not None})
-    return {name: summarize([i for i, g in zip(items, groups) if g == name]) for name in names}
+    return {name: summarize([i for i, g in zip(items, groups, strict=True) if g == name]) for name in names}
 
 
 def evaluate_pseudo(normals: Sequence[np.ndarray], pseudo: np.ndarray, masks: np.ndarray,
