@@ -141,3 +141,20 @@ def test_bad_options_are_config_errors():
         FidelityOptions("grey", -1)
     with pytest.raises(ConfigError, match="misaligned_share"):
         FidelityOptions("grey", 7, 0.0)
+
+
+def test_every_fidelity_option_and_listed_synthesizer_composes(tmp_path):
+    from pathlib import Path
+
+    from tests.conftest import compose_config
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    options = sorted(p.stem for p in (conf / "fidelity").glob("*.yaml"))
+    assert options == ["ciede2000", "grey"]
+    for option in options:
+        cfg = compose_config("config", [f"fidelity={option}"], tmp_path)
+        assert FidelityOptions.from_config(cfg.fidelity).measure == option
+    cfg = compose_config("label_fidelity", [], tmp_path)
+    assert cfg.fidelity.visibility_threshold == 2.3 and cfg.dataset.name == "bsdata"
+    for name in cfg.label_fidelity.synthesizers:
+        assert compose_config("label_fidelity", [f"synthesizer={name}"], tmp_path).synthesizer.name == name
