@@ -52,6 +52,9 @@ fig7: install ## Figure 7a-d: run the CDM / bank-subset / sample-count sweeps on
 figures: install ## Figures 2, 5, 6, 7a-d from the existing run dirs into results/figures/
 	$(PY) scripts/make_figures.py
 
+labels: install ## label fidelity: per synthesizer, mask vs visible change -> results/label_fidelity.md + galleries
+	$(PY) scripts/label_fidelity.py $(ARGS)
+
 bench: install ## throughput report: training loop vs ceiling, PRO, synthesis -> results/bench.json
 	$(PY) scripts/bench.py $(ARGS)
 
@@ -61,4 +64,4 @@ test: install ## run the test suite
 lint: install ## ruff
 	$(PY) -m ruff check cai baselines scripts tests
 
-.PHONY: help install demo test lint models table1 table2 table3 table4 fig7 figures bench
+.PHONY: help install demo test lint models table1 table2 table3 table4 fig7 figures bench labels

@@ -25,6 +25,7 @@ from cai.data.types import CategoryData
 from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, resolve_device
 from cai.errors import ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
+from cai.metrics.label_fidelity import run_summary as label_fidelity_summary
 from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, run_synthesis
@@ -173,6 +174,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "metrics": {k: selected[k] for k in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")},
             "n_train_normal": len(prep.normals), "n_pseudo": len(pseudo), "n_test": len(prep.test_images),
             "device": str(device), "seed": int(cfg.seed), "choices": hydra_choices(),
+            "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
+                                                     normal_index, cache_dir),
         }
         write_json(run_dir / "metrics.json", metrics)
         tracker.summary(metrics["metrics"])
