@@ -46,3 +46,21 @@ def test_tiny_table1_on_demo(tmp_path, shared_data):
         assert "X /" not in row, row  # every synthesizer has a number
     assert "| RealNet | X / X | X / X | X / X |" in text  # not in this sweep
     assert not Path(tmp_path, "make_table.log").exists()
+
+
+@pytest.mark.slow
+def test_multirun_with_a_failed_job_exits_nonzero_after_the_others(tmp_path):
+    """One job of the sweep fails (unknown category): the other still finishes, the process exits 1 and
+    names the failed run dir."""
+    from tests.test_e2e import TINY, _run
+
+    sweep = tmp_path / "sweep"
+    args = [a for a in TINY if not a.startswith("dataset.category=")]
+    proc = _run(["-m", *args, "dataset.category=coin,no_such_category", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweep.subdir=${dataset.category}"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (sweep / "coin" / "done").is_file()
+    assert (sweep / "no_such_category" / "failed.txt").is_file()
+    assert "1 job(s) of this multirun failed" in proc.stderr
+    assert str(sweep / "no_such_category") in proc.stderr
+    assert str(sweep / "coin") + "\n" not in proc.stderr and f"{sweep / 'coin'}:" not in proc.stderr
