@@ -64,7 +64,7 @@ def test_table2_shape_exact(tmp_path):
     paper.write_text("synthesizer,mvtec,visa,ksdd2\nCutPaste,153.4,98.5,201.9\nCAI-M,107.0,37.9,147.9\n")
     spec = _table2_spec(runs, paper)
     text = render(spec, collect_runs(runs, spec.source))
-    assert text.startswith("## Table 2\n\nCells: ours (mean ± std over categories) / paper. X = not run. "
+    assert text.startswith("## Table 2 (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories) / paper. X = not run. "
                            "Lower is better.\n\n")
     assert "| method | mvtec FID | visa FID | ksdd2 FID |\n|---|---|---|---|\n" in text
     assert "| CutPaste | 155.0 ± 7.1 / 153.4 | X / 98.5 | X / 201.9 |\n" in text
