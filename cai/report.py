@@ -221,6 +221,7 @@ class _Table:
     seeds: list[int]
     expected: dict[str, list[Key]]
     ignored: list[str]
+    records: list[dict[str, Any]]  # the runs and failures of this budget and these selections
 
 
 def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, Any]]) -> _Table:
@@ -265,7 +266,7 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
         for key in list(cell.failed):
             if key in cell.values:
                 del cell.failed[key]
-    return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored))
+    return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records)
 
 
 def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], scale: float) -> str:
@@ -334,9 +335,9 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
                 ours = f"{ours} / {p:.1f}" if p is not None else f"{ours} / {MISSING}"
             vals.append(ours)
         lines.append("| " + " | ".join([row, *vals]) + " |")
-    lines += _notes(spec, table, runs)
+    lines += _notes(spec, table)
     if spec.per_category:
-        lines += _per_category(spec, table, runs, failed or [])
+        lines += _per_category(spec, table)
     counts: dict[str, int] = defaultdict(int)
     for (row, ds, sel), cell in sorted(table.cells.items()):
         if cell.values:
@@ -353,7 +354,7 @@ def _any_incomplete(table: _Table) -> bool:
                for (_, ds, _), c in table.cells.items())
 
 
-def _notes(spec: TableSpec, table: _Table, runs: list[dict[str, Any]]) -> list[str]:
+def _notes(spec: TableSpec, table: _Table) -> list[str]:
     """Footnotes: incomplete cells (what failed, what was not run), ignored runs, texture source."""
     out = []
     incomplete = []
@@ -366,22 +367,20 @@ def _notes(spec: TableSpec, table: _Table, runs: list[dict[str, Any]]) -> list[s
         out += ["", "\\* Incomplete cells: the number is the mean over the finished runs only."] + incomplete
     if table.ignored:
         out += ["", "Ignored (category or seed not expected by the table config): " + ", ".join(table.ignored)]
-    sources = sorted({str(r["texture_source"]) for r in runs if r.get("texture_source") not in (None, "dtd")})
+    sources = sorted({str(r["texture_source"]) for r in table.records
+                      if r.get("texture_source") not in (None, "dtd")})
     for src in sources:
         out += ["", "Note: " + spec.texture_notes.get(src, f"DRAEM/GLASS used texture source '{src}', "
                                                           "not the full DTD.")]
     return out
 
 
-def _per_category(spec: TableSpec, table: _Table, runs: list[dict[str, Any]],
-                  failed: list[dict[str, Any]]) -> list[str]:
+def _per_category(spec: TableSpec, table: _Table) -> list[str]:
     """One line per run (seed / selection columns only when the table has several)."""
     extra = (["seed"] if len(table.seeds) > 1 else []) + (["selection"] if len(table.selections) > 1 else [])
     header = ["method", "dataset", "category", *extra, *spec.metrics]
     lines = ["", "### Per category", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    keep = [r for r in [*runs, *failed] if _get(r, spec.row_field) is not None and r.get("dataset")
-            and _selection(r) in table.selections and (spec.budget is None or _budget(r) == spec.budget)]
-    for run in sorted(keep, key=lambda r: (str(_get(r, spec.row_field)), r["dataset"], str(r["category"]),
+    for run in sorted(table.records, key=lambda r: (str(_get(r, spec.row_field)), r["dataset"], str(r["category"]),
                                            _seed(r), _selection(r))):
         if "failed" in run:
             vals = ["failed"] * len(spec.metrics)
