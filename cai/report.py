@@ -385,8 +385,8 @@ def _per_category(spec: TableSpec, table: _Table) -> list[str]:
         if "failed" in run:
             vals = ["failed"] * len(spec.metrics)
         else:
-            vals = [f"{spec.scale * run['metrics'][k]:.1f}" if run["metrics"].get(k) is not None else MISSING
-                    for k in spec.metrics.values()]
+            vals = [MISSING if run["metrics"].get(k) is None or math.isnan(run["metrics"][k])
+                    else f"{spec.scale * run['metrics'][k]:.1f}" for k in spec.metrics.values()]
         ids = ([str(_seed(run))] if len(table.seeds) > 1 else []) + (
             [_selection(run)] if len(table.selections) > 1 else [])
         lines.append("| " + " | ".join([str(_get(run, spec.row_field)), run["dataset"], str(run["category"]),

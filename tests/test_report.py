@@ -155,8 +155,10 @@ def test_failed_and_missing_categories_mark_the_cell_incomplete(tmp_path):
     paper.write_text("synthesizer,dataset,AUC,AP,PRO\nCAI-N,mvtec,95.6,62.6,87.5\n")
     text = _table(tmp_path, datasets=["mvtec"], metrics={"AUC": "pixel_auroc", "AP": "pixel_ap", "PRO": "pro"},
                   rows=["CutPaste", "GLASS", "CAI-N"], paper_csv=paper,
-                  expected={"mvtec": ["bottle", "cable", "capsule"]})
+                  expected={"mvtec": ["bottle", "cable", "capsule"]}, per_category=True)
     assert "| CutPaste | 80.0 ± 10.0 / X | 40.0 ± 5.0 / X | X / X |\n" in text
+    assert "| CutPaste | mvtec | bottle | 90.0 | 45.0 | X |\n" in text  # PRO is NaN
+    assert "| CAI-N | mvtec | cable | failed | failed | failed |\n" in text
     assert "| CAI-N | 95.0* (1/3) / 95.6 | 47.5* (1/3) / 62.6 | X* (1/3) / 87.5 |\n" in text
     assert "| GLASS | X* (0/3) / X | X* (0/3) / X | X* (0/3) / X |\n" in text
     assert ("\n\n\\* Incomplete cells: the number is the mean over the finished runs only.\n"
