@@ -147,6 +147,7 @@ def _table(root: Path, **kw) -> str:
 def test_failed_and_missing_categories_mark_the_cell_incomplete(tmp_path):
     for name, auc in (("bottle", 0.90), ("cable", 0.80), ("capsule", 0.70)):
         _run(tmp_path, f"cp-{name}", "CutPaste", "mvtec", name, auc)
+    _run(tmp_path, "cp-zipper", "CutPaste", "mvtec", "zipper", 0.10)  # not expected: left out, and said so
     _run(tmp_path, "cai-bottle", "CAI-N", "mvtec", "bottle", 0.95)
     _failed(tmp_path, "cai-cable", "CAI-N", "mvtec", "cable", "Dataset root missing\n  where: /nowhere\n")
     _failed(tmp_path, "glass-bottle", "GLASS", "mvtec", "bottle",
@@ -166,6 +167,7 @@ def test_failed_and_missing_categories_mark_the_cell_incomplete(tmp_path):
             "- GLASS / mvtec: 0/3 runs; failed: bottle (RuntimeError: boom); not run: cable, capsule\n") in text
     assert "X = not run. \\* = incomplete (finished/expected runs), see below.\n" in text
     assert "Runs per cell: CAI-N/mvtec: 1, CutPaste/mvtec: 3\n" in text
+    assert "\n\nIgnored (category or seed not expected by the table config): CutPaste / mvtec / zipper seed 0\n" in text
 
 
 def test_expected_categories_default_to_those_found(tmp_path):
