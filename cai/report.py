@@ -222,11 +222,13 @@ class _Table:
     expected: dict[str, list[Key]]
     ignored: list[str]
     records: list[dict[str, Any]]  # the runs and failures of this budget and these selections
+    unidentified: list[str]        # failed run dirs without a readable .hydra/config.yaml
 
 
 def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, Any]]) -> _Table:
     """Filter by budget and selection, group into cells, and work out the expected (category, seed)s."""
     records = [r for r in [*runs, *failed] if _get(r, spec.row_field) is not None and r.get("dataset")]
+    unidentified = sorted(str(r.get("run_dir")) for r in failed if r not in records)
     budgets = sorted({_budget(r) for r in records})
     if spec.budget is not None:
         records = [r for r in records if _budget(r) == spec.budget]
@@ -266,7 +268,7 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
         for key in list(cell.failed):
             if key in cell.values:
                 del cell.failed[key]
-    return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records)
+    return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records, unidentified)
 
 
 def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], scale: float) -> str:
@@ -365,6 +367,9 @@ def _notes(spec: TableSpec, table: _Table) -> list[str]:
         incomplete.append(_missing_note(label, cell, table.expected[ds], len(table.seeds) > 1))
     if incomplete:
         out += ["", "\\* Incomplete cells: the number is the mean over the finished runs only."] + incomplete
+    if table.unidentified:
+        out += ["", "Failed runs that could not be placed in a cell (no .hydra/config.yaml): "
+                + ", ".join(table.unidentified)]
     if table.ignored:
         out += ["", "Ignored (category or seed not expected by the table config): " + ", ".join(table.ignored)]
     sources = sorted({str(r["texture_source"]) for r in table.records

@@ -231,6 +231,14 @@ def test_failed_run_of_another_budget_is_filtered_too(tmp_path):
     assert "| CutPaste | X* (0/1) |\n" in _table(tmp_path, budget="paper")
 
 
+def test_failed_run_without_identity_is_still_reported(tmp_path):
+    _rec(tmp_path, "a", "CutPaste", "a", {"pixel_auroc": 0.8})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "failed.txt").write_text("boom\n")
+    assert ("\n\nFailed runs that could not be placed in a cell (no .hydra/config.yaml): "
+            f"{tmp_path / 'b'}\n") in _table(tmp_path)
+
+
 def test_paired_comparison_against_the_strongest_baseline(tmp_path):
     ap = {"CutPaste": [[0.4, 0.4], [0.4, 0.4]], "GLASS": [[0.5, 0.5], [0.6, 0.4]],
           "CAI-N": [[0.6, 0.6], [0.7, 0.5]], "CAI-M": [[0.56, 0.56], [0.56, 0.36]]}
