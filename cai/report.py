@@ -227,8 +227,9 @@ class _Table:
 
 def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, Any]]) -> _Table:
     """Filter by budget and selection, group into cells, and work out the expected (category, seed)s."""
-    records = [r for r in [*runs, *failed] if _get(r, spec.row_field) is not None and r.get("dataset")]
-    unidentified = sorted(str(r.get("run_dir")) for r in failed if r not in records)
+    placed = [r for r in [*runs, *failed] if _get(r, spec.row_field) is not None and r.get("dataset")]
+    unidentified = sorted(str(r.get("run_dir")) for r in failed if r not in placed)
+    records = [r for r in placed if r["dataset"] in spec.datasets]
     budgets = sorted({_budget(r) for r in records})
     if spec.budget is not None:
         records = [r for r in records if _budget(r) == spec.budget]
@@ -255,7 +256,7 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     ignored = []
     for r in records:
         key = (str(r["category"]), _seed(r))
-        if r["dataset"] in expected and key not in expected[r["dataset"]]:
+        if key not in expected[r["dataset"]]:
             ignored.append(f"{_get(r, spec.row_field)} / {r['dataset']} / {key[0]} seed {key[1]}")
             continue
         cell = cells[(str(_get(r, spec.row_field)), r["dataset"], _selection(r))]
@@ -278,11 +279,9 @@ def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], sc
         return MISSING
     done = [k for k in expected if k in cell.values]
     values = [scale * cell.values[k][key] for k in done if key in cell.values[k]]
-    if len(done) < len(expected):
+    if len(values) < len(expected):  # a run missing, or its metric NaN
         ours = f"{statistics.fmean(values):.1f}" if values else MISSING
-        return f"{ours}* ({len(done)}/{len(expected)})"
-    if not values:
-        return MISSING
+        return f"{ours}* ({len(values)}/{len(expected)})"
     ours = f"{statistics.fmean(values):.1f}"
     if len(seeds) > 1:
         per_seed = [[scale * cell.values[k][key] for k in done if k[1] == s and key in cell.values[k]] for s in seeds]
@@ -294,12 +293,21 @@ def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], sc
     return ours
 
 
-def _missing_note(label: str, cell: Cell, expected: list[Key], several_seeds: bool) -> str:
-    """``- label: k/n runs; failed: a (reason); not run: b`` for an incomplete cell."""
+def _gaps(cell: Cell, expected: list[Key], metrics: dict[str, str]) -> tuple[list[Key], dict[str, list[Key]]]:
+    """What a cell lacks: expected (category, seed)s with no finished run, and per metric label the
+    finished runs whose value is missing or NaN."""
+    missing = [k for k in expected if k not in cell.values]
+    no_value = {label: [k for k in expected if k in cell.values and key not in cell.values[k]]
+                for label, key in metrics.items()}
+    return missing, {label: keys for label, keys in no_value.items() if keys}
+
+
+def _missing_note(label: str, cell: Cell, expected: list[Key], metrics: dict[str, str], several_seeds: bool) -> str:
+    """``- label: k/n runs; failed: a (reason); not run: b; no PRO value: c`` for an incomplete cell."""
     def name(k: Key) -> str:
         return f"{k[0]} seed {k[1]}" if several_seeds else k[0]
 
-    missing = [k for k in expected if k not in cell.values]
+    missing, no_value = _gaps(cell, expected, metrics)
     failed = [f"{name(k)} ({cell.failed[k]})" for k in missing if k in cell.failed]
     not_run = [name(k) for k in missing if k not in cell.failed]
     parts = [f"{len(expected) - len(missing)}/{len(expected)} runs"]
@@ -307,6 +315,7 @@ def _missing_note(label: str, cell: Cell, expected: list[Key], several_seeds: bo
         parts.append("failed: " + "; ".join(failed))
     if not_run:
         parts.append("not run: " + ", ".join(not_run))
+    parts += [f"no {metric} value: " + ", ".join(map(name, keys)) for metric, keys in no_value.items()]
     return f"- {label}: " + "; ".join(parts)
 
 
@@ -325,7 +334,7 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     caption = (f"Cells: ours ({over})" + (" / paper" if with_paper else "")
                + (f", in {spec.unit}" if spec.unit else ""))
     caption += ". X = not run." + (" Lower is better." if spec.lower_is_better else "")
-    caption += " \\* = incomplete (finished/expected runs), see below." if _any_incomplete(table) else ""
+    caption += " \\* = incomplete (finished/expected runs), see below." if _incomplete(spec, table) else ""
     heading = f"## {spec.title} (selection: {' | '.join(sels) if sels else 'n/a'}; budget: {table.budget})"
     lines = [heading, "", caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -351,22 +360,21 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     return "\n".join(lines) + "\n"
 
 
-def _any_incomplete(table: _Table) -> bool:
-    return any((c.values or c.failed) and any(k not in c.values for k in table.expected.get(ds, []))
-               for (_, ds, _), c in table.cells.items())
+def _incomplete(spec: TableSpec, table: _Table) -> list[tuple[tuple[str, str, str], Cell]]:
+    """The cells (with some run) that lack a run or a metric value."""
+    return [(k, c) for k, c in sorted(table.cells.items()) if any(_gaps(c, table.expected[k[1]], spec.metrics))]
 
 
 def _notes(spec: TableSpec, table: _Table) -> list[str]:
     """Footnotes: incomplete cells (what failed, what was not run), ignored runs, texture source."""
     out = []
     incomplete = []
-    for (row, ds, sel), cell in sorted(table.cells.items()):
-        if ds not in table.expected or all(k in cell.values for k in table.expected[ds]):
-            continue
+    for (row, ds, sel), cell in _incomplete(spec, table):
         label = f"{row} / {ds}" + (f" / {sel}" if len(table.selections) > 1 else "")
-        incomplete.append(_missing_note(label, cell, table.expected[ds], len(table.seeds) > 1))
+        incomplete.append(_missing_note(label, cell, table.expected[ds], spec.metrics, len(table.seeds) > 1))
     if incomplete:
-        out += ["", "\\* Incomplete cells: the number is the mean over the finished runs only."] + incomplete
+        out += ["", "\\* Incomplete cells: the number is the mean over the runs that have a value only."]
+        out += incomplete
     if table.unidentified:
         out += ["", "Failed runs that could not be placed in a cell (no .hydra/config.yaml): "
                 + ", ".join(table.unidentified)]

@@ -33,7 +33,8 @@ def test_render_exact(tmp_path):
     assert len(runs) == 2
     text = render(spec, runs)
     assert "| method | mvtec AUC | mvtec AP | mvtec PRO |" in text
-    assert "| CutPaste | 85.0 ± 7.1 / 89.6 | 42.5 ± 3.5 / 38.5 | X / 71.9 |" in text
+    assert "| CutPaste | 85.0 ± 7.1 / 89.6 | 42.5 ± 3.5 / 38.5 | X* (0/2) / 71.9 |" in text  # PRO is NaN
+    assert "- CutPaste / mvtec: 2/2 runs; no PRO value: bottle, cable\n" in text
     assert "| CAI-N | X / 95.6 | X / 62.6 | X / 87.5 |" in text
     assert "Runs per cell: CutPaste/mvtec: 2" in text
 
@@ -65,10 +66,12 @@ def test_table2_shape_exact(tmp_path):
     spec = _table2_spec(runs, paper)
     text = render(spec, collect_runs(runs, spec.source))
     assert text.startswith("## Table 2 (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories) "
-                           "/ paper. X = not run. Lower is better.\n\n")
+                           "/ paper. X = not run. Lower is better. \\* = incomplete (finished/expected runs), "
+                           "see below.\n\n")
     assert "| method | mvtec FID | visa FID | ksdd2 FID |\n|---|---|---|---|\n" in text
     assert "| CutPaste | 155.0 ± 7.1 / 153.4 | X / 98.5 | X / 201.9 |\n" in text
-    assert "| CAI-M | X / 107.0 | 40.3 / 37.9 | X / 147.9 |\n" in text
+    assert "| CAI-M | X / 107.0 | 40.3 / 37.9 | X* (0/1) / 147.9 |\n" in text
+    assert "- CAI-M / ksdd2: 1/1 runs; no FID value: ksdd2\n" in text
     assert "| CutPaste | mvtec | bottle | 150.0 |\n" in text
     assert "| CAI-M | ksdd2 | ksdd2 | X |\n" in text
 
@@ -157,13 +160,15 @@ def test_failed_and_missing_categories_mark_the_cell_incomplete(tmp_path):
     text = _table(tmp_path, datasets=["mvtec"], metrics={"AUC": "pixel_auroc", "AP": "pixel_ap", "PRO": "pro"},
                   rows=["CutPaste", "GLASS", "CAI-N"], paper_csv=paper,
                   expected={"mvtec": ["bottle", "cable", "capsule"]}, per_category=True)
-    assert "| CutPaste | 80.0 ± 10.0 / X | 40.0 ± 5.0 / X | X / X |\n" in text
+    assert "| CutPaste | 80.0 ± 10.0 / X | 40.0 ± 5.0 / X | X* (0/3) / X |\n" in text  # PRO is NaN
     assert "| CutPaste | mvtec | bottle | 90.0 | 45.0 | X |\n" in text  # PRO is NaN
     assert "| CAI-N | mvtec | cable | failed | failed | failed |\n" in text
-    assert "| CAI-N | 95.0* (1/3) / 95.6 | 47.5* (1/3) / 62.6 | X* (1/3) / 87.5 |\n" in text
+    assert "| CAI-N | 95.0* (1/3) / 95.6 | 47.5* (1/3) / 62.6 | X* (0/3) / 87.5 |\n" in text
     assert "| GLASS | X* (0/3) / X | X* (0/3) / X | X* (0/3) / X |\n" in text
-    assert ("\n\n\\* Incomplete cells: the number is the mean over the finished runs only.\n"
-            "- CAI-N / mvtec: 1/3 runs; failed: cable (Dataset root missing); not run: capsule\n"
+    assert ("\n\n\\* Incomplete cells: the number is the mean over the runs that have a value only.\n"
+            "- CAI-N / mvtec: 1/3 runs; failed: cable (Dataset root missing); not run: capsule; "
+            "no PRO value: bottle\n"
+            "- CutPaste / mvtec: 3/3 runs; no PRO value: bottle, cable, capsule\n"
             "- GLASS / mvtec: 0/3 runs; failed: bottle (RuntimeError: boom); not run: cable, capsule\n") in text
     assert "X = not run. \\* = incomplete (finished/expected runs), see below.\n" in text
     assert "Runs per cell: CAI-N/mvtec: 1, CutPaste/mvtec: 3\n" in text
@@ -222,6 +227,14 @@ def test_mixed_budgets_refuse_to_render_and_a_filter_picks_one(tmp_path):
     assert text.startswith("## T (selection: best; budget: cpu)\n")
     assert "| CutPaste | 60.0 |\n" in text
     assert "| CutPaste | 80.0 |\n" in _table(tmp_path, budget="paper")
+
+
+def test_runs_of_datasets_outside_the_table_are_not_its_concern(tmp_path):
+    _rec(tmp_path, "a", "CutPaste", "a", {"pixel_auroc": 0.8})
+    _rec(tmp_path, "b", "CutPaste", "bottle", {"pixel_auroc": 0.6}, dataset="mvtec", budget="cpu", seed=3)
+    text = _table(tmp_path)
+    assert text.startswith("## T (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories), in %.")
+    assert "| CutPaste | 80.0 |\n" in text and "Runs per cell: CutPaste/demo: 1\n" in text
 
 
 def test_failed_run_of_another_budget_is_filtered_too(tmp_path):
