@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from cai.errors import CaiError
 from cai.io import write_text
+from cai.report import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +96,8 @@ class FailedJobsCallback(Callback):
             return
         lines = [f"{len(self.failed)} job(s) of this multirun failed (the other jobs ran to the end):"]
         for run_dir in self.failed:
-            first = _first_line(run_dir / "failed.txt")
-            lines.append(f"  {run_dir}" + (f": {first}" if first else ""))
+            marker = run_dir / "failed.txt"
+            lines.append(f"  {run_dir}" + (f": {failure_reason(marker)}" if marker.is_file() else ""))
         lines.append("  fix:   read failed.txt in each run dir, fix the cause, and re-run the same command "
                      "(finished runs are skipped)")
         message = "\n".join(lines)
@@ -104,9 +105,3 @@ class FailedJobsCallback(Callback):
         print(f"\nerror: {message}", file=sys.stderr)
         sys.exit(self.exit_code)
 
-
-def _first_line(path: Path) -> str:
-    """The first non-empty line of ``path`` ("" when it is absent), e.g. a failure's one-line cause."""
-    if not path.is_file():
-        return ""
-    return next((line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()), "")
