@@ -2,7 +2,8 @@
 
 In a single run a :class:`CaiError` exits with status 2. In a multirun the failing job writes
 ``failed.txt`` into its run dir and the sweep goes on (one bad category must not cost the others);
-the table then shows "X" for it.
+:class:`FailedJobsCallback` then ends the multirun with status 1 and the list of failed run dirs, so
+``make table1`` stops, and the table marks the cell incomplete.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cai.errors import CaiError
 from cai.io import write_text
+from cai.report import failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +70,38 @@ def run_task(task: Callable[[DictConfig, Path], Any], cfg: DictConfig, record_fa
 def run_tool(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """``run_task`` for tools without a run dir of their own (tables, figures, bank building, bench)."""
     return run_task(lambda c, _run_dir: fn(c), cfg, record_failure=False)
+
+
+class FailedJobsCallback(Callback):
+    """Hydra callback (conf/hydra/default.yaml): a multirun with a failed job exits non-zero at the end.
+
+    Every job still runs (``run_task`` records a failure in ``failed.txt`` and returns); after the last
+    job the failed run dirs are listed on stderr and the process exits with ``exit_code``.
+    """
+
+    def __init__(self, exit_code: int = 1) -> None:
+        self.exit_code = exit_code
+        self.failed: list[Path] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.failed = []
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        run_dir = Path(config.hydra.runtime.output_dir)
+        if job_return.status == JobStatus.FAILED or (run_dir / "failed.txt").is_file():
+            self.failed.append(run_dir)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.failed:
+            return
+        lines = [f"{len(self.failed)} job(s) of this multirun failed (the other jobs ran to the end):"]
+        for run_dir in self.failed:
+            marker = run_dir / "failed.txt"
+            lines.append(f"  {run_dir}" + (f": {failure_reason(marker)}" if marker.is_file() else ""))
+        lines.append("  fix:   read failed.txt in each run dir, fix the cause, and re-run the same command "
+                     "(finished runs are skipped)")
+        message = "\n".join(lines)
+        log.error("%s", message)
+        print(f"\nerror: {message}", file=sys.stderr)
+        sys.exit(self.exit_code)
+

@@ -1,8 +1,13 @@
 """Run dirs → tables beside the paper's numbers (markdown), as DomainBed's collect_results does.
 
-Only local files are read: every finished run dir holds ``metrics.json`` and a ``done`` marker. Runs
-are grouped by a row field (e.g. the synthesizer's display name, or the ablation choice) and a dataset,
-averaged over categories (mean ± std), and printed as "ours / paper" cells; a missing cell is "X".
+Only local files are read: every finished run dir holds ``metrics.json`` and a ``done`` marker, a failed
+one ``failed.txt`` (its identity is read from ``.hydra/``). Runs are grouped by a row field (e.g. the
+synthesizer's display name, or the ablation choice), a dataset and the checkpoint selection, averaged over
+categories × seeds (mean ± std), and printed as "ours / paper" cells. A cell never silently averages
+fewer runs than expected: one with a failed or missing (category, seed) shows ``mean* (k/n)`` and a note
+naming what is missing; a cell with no run at all is "X". A table comes from one budget (``paper`` or
+``cpu``) and says so in its heading, with the selection(s); selections are shown side by side, never
+averaged together. Optionally a paired comparison (candidate − strongest baseline per seed) follows.
 
 Two shapes of paper table are read: *long* (one CSV row per (method, dataset), one column per metric:
 Tables 1, 3, 4) and *wide* (one CSV row per method, one column per dataset, a single metric: Table 2's
@@ -20,6 +25,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
 
 from cai.errors import ConfigError
 
@@ -47,6 +54,12 @@ class TableSpec:
     scale: float = 100.0                          # ours × scale is printed (fractions → %); FID: 1
     unit: str = "%"                               # caption unit; "" for none
     lower_is_better: bool = False                 # said in the caption (FID, KID)
+    expected: dict[str, list[str]] | None = None  # dataset -> expected categories; None: those found
+    seeds: list[int] | None = None                # expected seeds; None: every seed found in the runs
+    selections: list[str] | None = None           # checkpoint selections shown side by side; None: found
+    budget: str | None = None                     # keep only this budget's runs; None: runs must agree
+    paired: dict[str, Any] | None = None          # {candidates: [rows], metrics: [labels]}: paired test
+    texture_notes: dict[str, str] = field(default_factory=dict)  # texture_source -> footnote
 
 
 def _get(record: dict[str, Any], dotted: str) -> Any:
@@ -63,22 +76,75 @@ def finished_run_dirs(runs_dir: Path) -> list[Path]:
 
 
 def collect_runs(runs_dir: Path, source: str = "metrics.json") -> list[dict[str, Any]]:
-    """Every finished run's ``source`` file under ``runs_dir`` (unfinished or failed runs are skipped)."""
-    return [json.loads((d / source).read_text()) for d in finished_run_dirs(runs_dir) if (d / source).is_file()]
-
-
-def aggregate(runs: list[dict[str, Any]], spec: TableSpec) -> dict[tuple[str, str], dict[str, list[float]]]:
-    """(row, dataset) → metric key → per-category values."""
-    cells: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        row = _get(run, spec.row_field)
-        if row is None:
+    """Every finished run's ``source`` file under ``runs_dir`` (unfinished or failed runs are skipped).
+    Another source than metrics.json (fid.json) takes the identity keys it lacks (seed, selection, budget,
+    texture_source, choices) from the run's metrics.json."""
+    out = []
+    for d in finished_run_dirs(runs_dir):
+        if not (d / source).is_file():
             continue
-        for key in spec.metrics.values():
-            value = run["metrics"].get(key)
-            if value is not None and not math.isnan(value):
-                cells[(str(row), run["dataset"])][key].append(float(value))
-    return cells
+        record = json.loads((d / source).read_text())
+        if source != "metrics.json":
+            identity = {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k != "metrics"}
+            record = {**identity, **record}
+        out.append(record)
+    return out
+
+
+def failure_reason(path: Path) -> str:
+    """One line saying why a run failed: ``failed.txt``'s first line (a user error's message), or the
+    last line of a traceback (the exception)."""
+    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+    if not lines:
+        return "no reason recorded"
+    return lines[-1] if lines[0].startswith("Traceback") else lines[0]
+
+
+def _select(cfg: Any, key: str) -> Any:
+    return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+
+
+def collect_failed(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every failed run under ``runs_dir`` (``failed.txt``, no ``done``) as a metrics.json-like record
+    (identity keys from ``.hydra/config.yaml`` and ``.hydra/hydra.yaml``) with ``failed``: its reason."""
+    out = []
+    for marker in sorted(Path(runs_dir).rglob("failed.txt")):
+        run_dir = marker.parent
+        if (run_dir / "done").is_file():
+            continue
+        record: dict[str, Any] = {"failed": failure_reason(marker), "run_dir": str(run_dir), "metrics": {}}
+        cfg_file, hydra_file = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml"
+        if cfg_file.is_file():
+            cfg = OmegaConf.load(cfg_file)
+            record.update({"dataset": _select(cfg, "dataset.name"), "category": _select(cfg, "dataset.category"),
+                           "synthesizer": _select(cfg, "synthesizer.name"),
+                           "display_name": _select(cfg, "synthesizer.display_name"), "seed": _select(cfg, "seed"),
+                           "selection": _select(cfg, "detector.selection")})
+        if hydra_file.is_file():
+            choices = _select(OmegaConf.load(hydra_file), "hydra.runtime.choices")
+            if choices is not None:
+                choices = {str(k): str(v) for k, v in OmegaConf.to_container(choices, resolve=False).items()}
+                record["choices"] = choices
+                record["budget"] = choices.get("budget")
+        out.append(record)
+    return out
+
+
+def dataset_categories(datasets: list[str], dataset_conf_dir: Path) -> dict[str, list[str]]:
+    """Each dataset's expected categories: ``categories`` of ``<dataset_conf_dir>/<dataset>.yaml``."""
+    out = {}
+    for ds in datasets:
+        path = Path(dataset_conf_dir) / f"{ds}.yaml"
+        if not path.is_file():
+            raise ConfigError(f"No dataset config for '{ds}', so its expected categories are unknown.", where=path,
+                              fix=f"Give them in the table config: table.expected={{{ds}:[cat1,cat2]}}, or "
+                                  "table.expected=null to expect the categories found in the runs.")
+        cats = OmegaConf.load(path).get("categories")
+        if not cats:
+            raise ConfigError(f"Dataset config '{ds}' lists no categories.", where=path,
+                              fix="Add `categories: [...]` to it, or give table.expected explicitly.")
+        out[ds] = [str(c) for c in cats]
+    return out
 
 
 def read_paper(spec: TableSpec) -> dict[tuple[str, str], dict[str, float]]:
@@ -120,36 +186,281 @@ def fmt_cell(values: list[float] | None, paper: float | None, scale: float = 100
     return f"{ours} / {paper:.1f}" if paper is not None else f"{ours} / {MISSING}"
 
 
-def render(spec: TableSpec, runs: list[dict[str, Any]]) -> str:
-    """The markdown table: one row per row label, per dataset one column per metric."""
-    cells = aggregate(runs, spec)
+
+
+def _seed(run: dict[str, Any]) -> int:
+    return int(run["seed"]) if run.get("seed") is not None else 0
+
+
+def _selection(run: dict[str, Any]) -> str:
+    return str(run.get("selection") or "best")
+
+
+def _budget(run: dict[str, Any]) -> str:
+    return str(run.get("budget") or "paper")
+
+
+Key = tuple[str, int]  # (category, seed)
+
+
+@dataclass
+class Cell:
+    """The runs of one (row, dataset, selection): finished values and failures per (category, seed)."""
+
+    values: dict[Key, dict[str, float]] = field(default_factory=dict)
+    failed: dict[Key, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Table:
+    """Runs grouped into cells, with what each cell is expected to hold."""
+
+    cells: dict[tuple[str, str, str], Cell]
+    selections: list[str]
+    budget: str
+    seeds: list[int]
+    expected: dict[str, list[Key]]
+    ignored: list[str]
+    records: list[dict[str, Any]]  # the runs and failures of this budget and these selections
+    unidentified: list[str]        # failed run dirs without a readable .hydra/config.yaml
+
+
+def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, Any]]) -> _Table:
+    """Filter by budget and selection, group into cells, and work out the expected (category, seed)s."""
+    placed = [r for r in [*runs, *failed] if _get(r, spec.row_field) is not None and r.get("dataset")]
+    unidentified = sorted(str(r.get("run_dir")) for r in failed if r not in placed)
+    records = [r for r in placed if r["dataset"] in spec.datasets]
+    budgets = sorted({_budget(r) for r in records})
+    if spec.budget is not None:
+        records = [r for r in records if _budget(r) == spec.budget]
+        budget = spec.budget
+    elif len(budgets) > 1:
+        raise ConfigError(f"Table {spec.name}: its runs mix budgets {budgets}; a table is made from one budget.",
+                          where=spec.runs_dir,
+                          fix=f"Choose one, e.g. python scripts/make_table.py table={spec.name} "
+                              f"table.budget={budgets[0]}")
+    else:
+        budget = budgets[0] if budgets else "n/a"
+    found = sorted({_selection(r) for r in records})
+    selections = list(spec.selections) if spec.selections else found
+    records = [r for r in records if _selection(r) in selections]
+    seeds = sorted(int(s) for s in spec.seeds) if spec.seeds else sorted({_seed(r) for r in records}) or [0]
+    expected: dict[str, list[Key]] = {}
+    for ds in spec.datasets:
+        if spec.expected is not None and ds in spec.expected:
+            cats = [str(c) for c in spec.expected[ds]]
+        else:
+            cats = sorted({str(r["category"]) for r in records if r["dataset"] == ds})
+        expected[ds] = [(c, s) for c in cats for s in seeds]
+    cells: dict[tuple[str, str, str], Cell] = defaultdict(Cell)
+    ignored = []
+    for r in records:
+        key = (str(r["category"]), _seed(r))
+        if key not in expected[r["dataset"]]:
+            ignored.append(f"{_get(r, spec.row_field)} / {r['dataset']} / {key[0]} seed {key[1]}")
+            continue
+        cell = cells[(str(_get(r, spec.row_field)), r["dataset"], _selection(r))]
+        if "failed" in r:
+            cell.failed.setdefault(key, r["failed"])
+        else:
+            cell.values[key] = {k: float(v) for k, v in r["metrics"].items()
+                                if k in spec.metrics.values() and v is not None and not math.isnan(v)}
+    for cell in cells.values():  # a (category, seed) that finished elsewhere has not failed
+        for key in list(cell.failed):
+            if key in cell.values:
+                del cell.failed[key]
+    return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records, unidentified)
+
+
+def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], scale: float) -> str:
+    """Our cell: mean ± std (over seeds' means when there are several seeds, else over categories);
+    ``mean* (k/n)`` when runs are missing; "X" when nothing ran (or nothing finished: ``X* (0/n)``)."""
+    if cell is None or (not cell.values and not cell.failed):
+        return MISSING
+    done = [k for k in expected if k in cell.values]
+    values = [scale * cell.values[k][key] for k in done if key in cell.values[k]]
+    if len(values) < len(expected):  # a run missing, or its metric NaN
+        ours = f"{statistics.fmean(values):.1f}" if values else MISSING
+        return f"{ours}* ({len(values)}/{len(expected)})"
+    ours = f"{statistics.fmean(values):.1f}"
+    if len(seeds) > 1:
+        per_seed = [[scale * cell.values[k][key] for k in done if k[1] == s and key in cell.values[k]] for s in seeds]
+        spread = [statistics.fmean(v) for v in per_seed if v]
+    else:
+        spread = values
+    if len(spread) > 1:
+        ours += f" ± {statistics.stdev(spread):.1f}"
+    return ours
+
+
+def _gaps(cell: Cell, expected: list[Key], metrics: dict[str, str]) -> tuple[list[Key], dict[str, list[Key]]]:
+    """What a cell lacks: expected (category, seed)s with no finished run, and per metric label the
+    finished runs whose value is missing or NaN."""
+    missing = [k for k in expected if k not in cell.values]
+    no_value = {label: [k for k in expected if k in cell.values and key not in cell.values[k]]
+                for label, key in metrics.items()}
+    return missing, {label: keys for label, keys in no_value.items() if keys}
+
+
+def _missing_note(label: str, cell: Cell, expected: list[Key], metrics: dict[str, str], several_seeds: bool) -> str:
+    """``- label: k/n runs; failed: a (reason); not run: b; no PRO value: c`` for an incomplete cell."""
+    def name(k: Key) -> str:
+        return f"{k[0]} seed {k[1]}" if several_seeds else k[0]
+
+    missing, no_value = _gaps(cell, expected, metrics)
+    failed = [f"{name(k)} ({cell.failed[k]})" for k in missing if k in cell.failed]
+    not_run = [name(k) for k in missing if k not in cell.failed]
+    parts = [f"{len(expected) - len(missing)}/{len(expected)} runs"]
+    if failed:
+        parts.append("failed: " + "; ".join(failed))
+    if not_run:
+        parts.append("not run: " + ", ".join(not_run))
+    parts += [f"no {metric} value: " + ", ".join(map(name, keys)) for metric, keys in no_value.items()]
+    return f"- {label}: " + "; ".join(parts)
+
+
+def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, Any]] | None = None) -> str:
+    """The markdown table: one row per row label, per dataset one column per metric (and selection);
+    ``failed`` are :func:`collect_failed`'s records, which mark their cells incomplete."""
+    table = _group(spec, runs, failed or [])
     paper = read_paper(spec)
-    rows = spec.rows or sorted({r for r, _ in cells} | {r for r, _ in paper})
-    header = ["method"] + [f"{ds} {label}" for ds in spec.datasets for label in spec.metrics]
+    sels, seeds, several_seeds = table.selections, table.seeds, len(table.seeds) > 1
+    rows = spec.rows or sorted({r for r, _, _ in table.cells} | {r for r, _ in paper})
+    columns = [(ds, label, sel) for ds in spec.datasets for label in spec.metrics for sel in (sels or ["n/a"])]
+    header = ["method"] + [f"{ds} {label}" + (f" ({sel})" if len(sels) > 1 else "") for ds, label, sel in columns]
     with_paper = spec.paper_csv is not None
-    caption = ("Cells: ours (mean ± std over categories)" + (" / paper" if with_paper else "")
+    over = (f"mean over categories × seeds {', '.join(map(str, seeds))} ± std of the seeds' means" if several_seeds
+            else "mean ± std over categories")
+    caption = (f"Cells: ours ({over})" + (" / paper" if with_paper else "")
                + (f", in {spec.unit}" if spec.unit else ""))
     caption += ". X = not run." + (" Lower is better." if spec.lower_is_better else "")
-    lines = [f"## {spec.title}", "", caption, "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    caption += " \\* = incomplete (finished/expected runs), see below." if _incomplete(spec, table) else ""
+    heading = f"## {spec.title} (selection: {' | '.join(sels) if sels else 'n/a'}; budget: {table.budget})"
+    lines = [heading, "", caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         vals = []
-        for ds in spec.datasets:
-            for label, key in spec.metrics.items():
-                ours = cells.get((row, ds), {}).get(key)
-                vals.append(fmt_cell(ours, paper.get((row, ds), {}).get(label), spec.scale, with_paper))
+        for ds, label, sel in columns:
+            ours = _ours(table.cells.get((row, ds, sel)), spec.metrics[label], table.expected[ds], seeds, spec.scale)
+            if with_paper:
+                p = paper.get((row, ds), {}).get(label)
+                ours = f"{ours} / {p:.1f}" if p is not None else f"{ours} / {MISSING}"
+            vals.append(ours)
         lines.append("| " + " | ".join([row, *vals]) + " |")
+    lines += _notes(spec, table)
     if spec.per_category:
-        lines += ["", "### Per category", "", "| method | dataset | category | "
-                  + " | ".join(spec.metrics) + " |", "|" + "---|" * (3 + len(spec.metrics))]
-        for run in sorted(runs, key=lambda r: (str(_get(r, spec.row_field)), r["dataset"], r["category"])):
-            vals = [f"{spec.scale * run['metrics'][k]:.1f}" if run["metrics"].get(k) is not None else MISSING
-                    for k in spec.metrics.values()]
-            lines.append(f"| {_get(run, spec.row_field)} | {run['dataset']} | {run['category']} | "
-                         + " | ".join(vals) + " |")
-    counts = defaultdict(int)
-    for run in runs:
-        counts[(str(_get(run, spec.row_field)), run["dataset"])] += 1
-    lines += ["", "Runs per cell: " + ", ".join(f"{r}/{d}: {n}" for (r, d), n in sorted(counts.items()))
+        lines += _per_category(spec, table)
+    counts: dict[str, int] = defaultdict(int)
+    for (row, ds, sel), cell in sorted(table.cells.items()):
+        if cell.values:
+            counts[f"{row}/{ds}" + (f"/{sel}" if len(sels) > 1 else "")] += len(cell.values)
+    lines += ["", "Runs per cell: " + ", ".join(f"{k}: {n}" for k, n in counts.items())
               if counts else "No finished runs found in " + str(spec.runs_dir)]
+    if spec.paired:
+        lines += paired_comparison(spec, table)
     return "\n".join(lines) + "\n"
+
+
+def _incomplete(spec: TableSpec, table: _Table) -> list[tuple[tuple[str, str, str], Cell]]:
+    """The cells (with some run) that lack a run or a metric value."""
+    return [(k, c) for k, c in sorted(table.cells.items()) if any(_gaps(c, table.expected[k[1]], spec.metrics))]
+
+
+def _notes(spec: TableSpec, table: _Table) -> list[str]:
+    """Footnotes: incomplete cells (what failed, what was not run), ignored runs, texture source."""
+    out = []
+    incomplete = []
+    for (row, ds, sel), cell in _incomplete(spec, table):
+        label = f"{row} / {ds}" + (f" / {sel}" if len(table.selections) > 1 else "")
+        incomplete.append(_missing_note(label, cell, table.expected[ds], spec.metrics, len(table.seeds) > 1))
+    if incomplete:
+        out += ["", "\\* Incomplete cells: the number is the mean over the runs that have a value only."]
+        out += incomplete
+    if table.unidentified:
+        out += ["", "Failed runs that could not be placed in a cell (no .hydra/config.yaml): "
+                + ", ".join(table.unidentified)]
+    if table.ignored:
+        out += ["", "Ignored (category or seed not expected by the table config): " + ", ".join(table.ignored)]
+    sources = sorted({str(r["texture_source"]) for r in table.records
+                      if r.get("texture_source") not in (None, "dtd")})
+    for src in sources:
+        out += ["", "Note: " + spec.texture_notes.get(src, f"DRAEM/GLASS used texture source '{src}', "
+                                                          "not the full DTD.")]
+    return out
+
+
+def _per_category(spec: TableSpec, table: _Table) -> list[str]:
+    """One line per run (seed / selection columns only when the table has several)."""
+    extra = (["seed"] if len(table.seeds) > 1 else []) + (["selection"] if len(table.selections) > 1 else [])
+    header = ["method", "dataset", "category", *extra, *spec.metrics]
+    lines = ["", "### Per category", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in sorted(table.records, key=lambda r: (str(_get(r, spec.row_field)), r["dataset"], str(r["category"]),
+                                           _seed(r), _selection(r))):
+        if "failed" in run:
+            vals = ["failed"] * len(spec.metrics)
+        else:
+            vals = [MISSING if run["metrics"].get(k) is None or math.isnan(run["metrics"][k])
+                    else f"{spec.scale * run['metrics'][k]:.1f}" for k in spec.metrics.values()]
+        ids = ([str(_seed(run))] if len(table.seeds) > 1 else []) + (
+            [_selection(run)] if len(table.selections) > 1 else [])
+        lines.append("| " + " | ".join([str(_get(run, spec.row_field)), run["dataset"], str(run["category"]),
+                                        *ids, *vals]) + " |")
+    return lines
+
+
+def paired_comparison(spec: TableSpec, table: _Table) -> list[str]:
+    """Candidate − strongest baseline (the best non-candidate row by its mean), paired on (category,
+    seed): per seed the mean difference over the categories both finished, then mean ± std over seeds,
+    and on how many seeds the candidate is better."""
+    cands = [str(c) for c in spec.paired.get("candidates", [])]
+    labels = [str(m) for m in spec.paired.get("metrics", list(spec.metrics))]
+    unknown = [m for m in labels if m not in spec.metrics]
+    if unknown:
+        raise ConfigError(f"Table {spec.name}: paired.metrics {unknown} are not among its metrics "
+                          f"{list(spec.metrics)}.", fix="Use the metric labels of the table's `metrics`.")
+    sign = -1.0 if spec.lower_is_better else 1.0
+    seeds = table.seeds
+    out = []
+    for sel in table.selections:
+        header = ["dataset", "metric", "candidate", "strongest baseline", *[f"seed {s}" for s in seeds],
+                  "mean ± std", "pairs", "better on"]
+        block = ["", f"### Paired comparison (selection: {sel}): candidate − strongest baseline",
+                 "", "Per seed: mean over the categories both finished of (candidate − baseline)"
+                 + (f", in {spec.unit}" if spec.unit else "") + ("; lower is better" if spec.lower_is_better else "")
+                 + ". The strongest baseline is the non-candidate row with the best mean in that column.",
+                 "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for ds in spec.datasets:
+            for label in labels:
+                key = spec.metrics[label]
+                means = {}
+                for (row, d, s), cell in table.cells.items():
+                    vals = [v[key] for v in cell.values.values() if key in v]
+                    if d == ds and s == sel and row not in cands and vals:
+                        means[row] = statistics.fmean(vals)
+                if not means:
+                    continue
+                base = (min if spec.lower_is_better else max)(means, key=lambda r: means[r])
+                base_cell = table.cells[(base, ds, sel)]
+                for cand in cands:
+                    cell = table.cells.get((cand, ds, sel))
+                    per_seed: dict[int, float] = {}
+                    n_pairs = 0
+                    for s in seeds:
+                        diffs = [spec.scale * (cell.values[k][key] - base_cell.values[k][key])
+                                 for k in table.expected[ds] if k[1] == s and cell is not None
+                                 and key in cell.values.get(k, {}) and key in base_cell.values.get(k, {})]
+                        n_pairs += len(diffs)
+                        if diffs:
+                            per_seed[s] = statistics.fmean(diffs)
+                    cols = [f"{per_seed[s]:+.1f}" if s in per_seed else MISSING for s in seeds]
+                    if per_seed:
+                        d = list(per_seed.values())
+                        mean = f"{statistics.fmean(d):+.1f}" + (f" ± {statistics.stdev(d):.1f}" if len(d) > 1 else "")
+                        wins = sum(sign * v > 0 for v in d)
+                        verdict = ("every seed" if wins == len(d) else "no seed" if wins == 0 else "some seeds")
+                        verdict += f" ({wins}/{len(d)})"
+                    else:
+                        mean, verdict = MISSING, "no pairs"
+                    block.append("| " + " | ".join([ds, label, cand, base, *cols, mean,
+                                                    f"{n_pairs}/{len(table.expected[ds])}", verdict]) + " |")
+        out += block
+    return out

@@ -1,6 +1,7 @@
-"""Collect finished run dirs into ``results/<table>.md`` beside the paper's numbers and print it.
+"""Collect finished (and failed) run dirs into ``results/<table>.md`` beside the paper's numbers and print it.
 
     python scripts/make_table.py table=table1
+    python scripts/make_table.py table=table1 table.budget=cpu table.selections=[best,val]
 """
 
 from __future__ import annotations
@@ -14,20 +15,31 @@ from omegaconf import DictConfig, OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cai.config  # noqa: E402,F401  (config resolvers, PROJECT_ROOT)
+from cai.cli import run_tool  # noqa: E402
 from cai.io import write_text  # noqa: E402
-from cai.report import TableSpec, collect_runs, render  # noqa: E402
+from cai.report import TableSpec, collect_failed, collect_runs, dataset_categories, render  # noqa: E402
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def make_table(cfg: DictConfig) -> None:
+    """Render ``cfg.table`` from its run dirs, write it to ``table.output`` and print it."""
+    t = OmegaConf.to_container(cfg.table, resolve=True)
+    output = Path(t.pop("output"))
+    if t.get("expected") == "dataset_configs":  # each dataset's `categories` in conf/dataset/<name>.yaml
+        t["expected"] = dataset_categories(t["datasets"], CONF_DIR / "dataset")
+    spec = TableSpec(**{**t, "runs_dir": Path(t["runs_dir"]),
+                        "paper_csv": Path(t["paper_csv"]) if t.get("paper_csv") else None,
+                        "texture_notes": {**OmegaConf.to_container(cfg.texture_notes), **t.get("texture_notes", {})}})
+    text = render(spec, collect_runs(spec.runs_dir, spec.source), collect_failed(spec.runs_dir))
+    write_text(output, text)
+    print(text)
+    print(f"written to {output}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="make_table")
 def main(cfg: DictConfig) -> None:
-    t = OmegaConf.to_container(cfg.table, resolve=True)
-    output = Path(t.pop("output"))
-    spec = TableSpec(**{**t, "runs_dir": Path(t["runs_dir"]),
-                        "paper_csv": Path(t["paper_csv"]) if t.get("paper_csv") else None})
-    text = render(spec, collect_runs(spec.runs_dir, spec.source))
-    write_text(output, text)
-    print(text)
-    print(f"written to {output}")
+    run_tool(make_table, cfg)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def test_render_exact(tmp_path):
     assert len(runs) == 2
     text = render(spec, runs)
     assert "| method | mvtec AUC | mvtec AP | mvtec PRO |" in text
-    assert "| CutPaste | 85.0 ± 7.1 / 89.6 | 42.5 ± 3.5 / 38.5 | X / 71.9 |" in text
+    assert "| CutPaste | 85.0 ± 7.1 / 89.6 | 42.5 ± 3.5 / 38.5 | X* (0/2) / 71.9 |" in text  # PRO is NaN
+    assert "- CutPaste / mvtec: 2/2 runs; no PRO value: bottle, cable\n" in text
     assert "| CAI-N | X / 95.6 | X / 62.6 | X / 87.5 |" in text
     assert "Runs per cell: CutPaste/mvtec: 2" in text
 
@@ -64,11 +65,13 @@ def test_table2_shape_exact(tmp_path):
     paper.write_text("synthesizer,mvtec,visa,ksdd2\nCutPaste,153.4,98.5,201.9\nCAI-M,107.0,37.9,147.9\n")
     spec = _table2_spec(runs, paper)
     text = render(spec, collect_runs(runs, spec.source))
-    assert text.startswith("## Table 2\n\nCells: ours (mean ± std over categories) / paper. X = not run. "
-                           "Lower is better.\n\n")
+    assert text.startswith("## Table 2 (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories) "
+                           "/ paper. X = not run. Lower is better. \\* = incomplete (finished/expected runs), "
+                           "see below.\n\n")
     assert "| method | mvtec FID | visa FID | ksdd2 FID |\n|---|---|---|---|\n" in text
     assert "| CutPaste | 155.0 ± 7.1 / 153.4 | X / 98.5 | X / 201.9 |\n" in text
-    assert "| CAI-M | X / 107.0 | 40.3 / 37.9 | X / 147.9 |\n" in text
+    assert "| CAI-M | X / 107.0 | 40.3 / 37.9 | X* (0/1) / 147.9 |\n" in text
+    assert "- CAI-M / ksdd2: 1/1 runs; no FID value: ksdd2\n" in text
     assert "| CutPaste | mvtec | bottle | 150.0 |\n" in text
     assert "| CAI-M | ksdd2 | ksdd2 | X |\n" in text
 
@@ -107,3 +110,266 @@ def test_table_without_paper_numbers_shows_ours_only(tmp_path):
     text = render(spec, collect_runs(tmp_path))
     assert "| CutPaste | 70.0 |" in text and "/ X" not in text
     assert "Cells: ours (mean ± std over categories), in %." in text
+
+
+# --- incomplete cells, seeds, selections, budgets, paired comparison, texture note (#11, #12, #13) ---
+
+def _rec(root: Path, name: str, display: str, category: str, metrics: dict, dataset: str = "demo", **extra):
+    """A finished run dir whose metrics.json has ``metrics`` and the identity keys in ``extra``."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"dataset": dataset, "category": category, "display_name": display,
+                                                "metrics": metrics, **extra}))
+    (d / "done").write_text("ok")
+
+
+def _failed(root: Path, name: str, display: str, dataset: str, category: str, reason: str, seed: int = 0,
+            selection: str = "best", budget: str | None = None) -> None:
+    """A failed run dir as scripts/run.py leaves it: failed.txt and Hydra's .hydra/{config,hydra}.yaml."""
+    from omegaconf import OmegaConf
+
+    d = root / name
+    (d / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({
+        "dataset": {"name": dataset, "category": category, "root": "${paths.data_dir}"},
+        "synthesizer": {"name": display.lower(), "display_name": display}, "seed": seed,
+        "detector": {"selection": selection}}), d / ".hydra" / "config.yaml")
+    choices = {"dataset": dataset, "synthesizer": display.lower(), **({"budget": budget} if budget else {})}
+    OmegaConf.save(OmegaConf.create({"hydra": {"runtime": {"choices": choices}}}), d / ".hydra" / "hydra.yaml")
+    (d / "failed.txt").write_text(reason)
+
+
+def _table(root: Path, **kw) -> str:
+    from cai.report import collect_failed
+
+    spec = TableSpec(**{"name": "t", "title": "T", "runs_dir": root, "datasets": ["demo"],
+                        "metrics": {"AUC": "pixel_auroc"}, **kw})
+    return render(spec, collect_runs(root), collect_failed(root))
+
+
+def test_failed_and_missing_categories_mark_the_cell_incomplete(tmp_path):
+    for name, auc in (("bottle", 0.90), ("cable", 0.80), ("capsule", 0.70)):
+        _run(tmp_path, f"cp-{name}", "CutPaste", "mvtec", name, auc)
+    _run(tmp_path, "cp-zipper", "CutPaste", "mvtec", "zipper", 0.10)  # not expected: left out, and said so
+    _run(tmp_path, "cai-bottle", "CAI-N", "mvtec", "bottle", 0.95)
+    _failed(tmp_path, "cai-cable", "CAI-N", "mvtec", "cable", "Dataset root missing\n  where: /nowhere\n")
+    _failed(tmp_path, "glass-bottle", "GLASS", "mvtec", "bottle",
+            'Traceback (most recent call last):\n  File "x.py", line 1\nRuntimeError: boom\n')
+    paper = tmp_path / "paper.csv"
+    paper.write_text("synthesizer,dataset,AUC,AP,PRO\nCAI-N,mvtec,95.6,62.6,87.5\n")
+    text = _table(tmp_path, datasets=["mvtec"], metrics={"AUC": "pixel_auroc", "AP": "pixel_ap", "PRO": "pro"},
+                  rows=["CutPaste", "GLASS", "CAI-N"], paper_csv=paper,
+                  expected={"mvtec": ["bottle", "cable", "capsule"]}, per_category=True)
+    assert "| CutPaste | 80.0 ± 10.0 / X | 40.0 ± 5.0 / X | X* (0/3) / X |\n" in text  # PRO is NaN
+    assert "| CutPaste | mvtec | bottle | 90.0 | 45.0 | X |\n" in text  # PRO is NaN
+    assert "| CAI-N | mvtec | cable | failed | failed | failed |\n" in text
+    assert "| CAI-N | 95.0* (1/3) / 95.6 | 47.5* (1/3) / 62.6 | X* (0/3) / 87.5 |\n" in text
+    assert "| GLASS | X* (0/3) / X | X* (0/3) / X | X* (0/3) / X |\n" in text
+    assert ("\n\n\\* Incomplete cells: the number is the mean over the runs that have a value only.\n"
+            "- CAI-N / mvtec: 1/3 runs; failed: cable (Dataset root missing); not run: capsule; "
+            "no PRO value: bottle\n"
+            "- CutPaste / mvtec: 3/3 runs; no PRO value: bottle, cable, capsule\n"
+            "- GLASS / mvtec: 0/3 runs; failed: bottle (RuntimeError: boom); not run: cable, capsule\n") in text
+    assert "X = not run. \\* = incomplete (finished/expected runs), see below.\n" in text
+    assert "Runs per cell: CAI-N/mvtec: 1, CutPaste/mvtec: 3\n" in text
+    assert "\n\nIgnored (category or seed not expected by the table config): CutPaste / mvtec / zipper seed 0\n" in text
+
+
+def test_expected_categories_default_to_those_found(tmp_path):
+    _rec(tmp_path, "a", "CutPaste", "brick", {"pixel_auroc": 0.8})
+    _rec(tmp_path, "b", "CutPaste", "coin", {"pixel_auroc": 0.6})
+    _rec(tmp_path, "c", "CAI-N", "brick", {"pixel_auroc": 0.9})
+    text = _table(tmp_path, rows=["CutPaste", "CAI-N"])
+    assert "| CutPaste | 70.0 ± 14.1 |\n| CAI-N | 90.0* (1/2) |\n" in text
+    assert "- CAI-N / demo: 1/2 runs; not run: coin\n" in text
+
+
+def test_seeds_mean_std_over_seed_means_and_missing_seed_is_incomplete(tmp_path):
+    for seed, (a, b) in enumerate(((0.8, 0.6), (0.9, 0.7))):
+        _rec(tmp_path, f"cp-a-{seed}", "CutPaste", "a", {"pixel_auroc": a}, seed=seed)
+        _rec(tmp_path, f"cp-b-{seed}", "CutPaste", "b", {"pixel_auroc": b}, seed=seed)
+    _rec(tmp_path, "cai-a-0", "CAI-N", "a", {"pixel_auroc": 0.9}, seed=0)
+    _rec(tmp_path, "cai-b-0", "CAI-N", "b", {"pixel_auroc": 0.9}, seed=0)
+    _rec(tmp_path, "cai-a-1", "CAI-N", "a", {"pixel_auroc": 0.9}, seed=1)
+    text = _table(tmp_path, rows=["CutPaste", "CAI-N"])
+    assert text.startswith("## T (selection: best; budget: paper)\n\nCells: ours (mean over categories × seeds 0, 1 "
+                           "± std of the seeds' means), in %. X = not run. \\* = incomplete (finished/expected "
+                           "runs), see below.\n\n| method | demo AUC |\n|---|---|\n"
+                           "| CutPaste | 75.0 ± 7.1 |\n| CAI-N | 90.0* (3/4) |\n")
+    assert "- CAI-N / demo: 3/4 runs; not run: b seed 1\n" in text
+    assert "Runs per cell: CAI-N/demo: 3, CutPaste/demo: 4\n" in text
+    # Explicit seeds: a seed nobody ran makes every cell incomplete.
+    assert "| CutPaste | 75.0* (4/6) |" in _table(tmp_path, rows=["CutPaste"], seeds=[0, 1, 2])
+
+
+def test_selections_are_never_averaged_together(tmp_path):
+    _rec(tmp_path, "best", "CutPaste", "a", {"pixel_auroc": 0.8}, selection="best")
+    _rec(tmp_path, "val", "CutPaste", "a", {"pixel_auroc": 0.9}, selection="val")
+    text = _table(tmp_path)
+    assert text.startswith("## T (selection: best | val; budget: paper)\n")
+    assert "| method | demo AUC (best) | demo AUC (val) |\n|---|---|---|\n| CutPaste | 80.0 | 90.0 |\n" in text
+    assert "Runs per cell: CutPaste/demo/best: 1, CutPaste/demo/val: 1\n" in text
+    only_val = _table(tmp_path, selections=["val"])
+    assert only_val.startswith("## T (selection: val; budget: paper)\n")
+    assert "| method | demo AUC |\n|---|---|\n| CutPaste | 90.0 |\n" in only_val
+
+
+def test_mixed_budgets_refuse_to_render_and_a_filter_picks_one(tmp_path):
+    import pytest
+
+    from cai.errors import ConfigError
+
+    _rec(tmp_path, "paper", "CutPaste", "a", {"pixel_auroc": 0.8})  # no "budget" key: the paper budget
+    _rec(tmp_path, "cpu", "CutPaste", "a", {"pixel_auroc": 0.6}, budget="cpu")
+    with pytest.raises(ConfigError, match=r"mix budgets \['cpu', 'paper'\].*\n.*\n.*table\.budget=cpu"):
+        _table(tmp_path)
+    text = _table(tmp_path, budget="cpu")
+    assert text.startswith("## T (selection: best; budget: cpu)\n")
+    assert "| CutPaste | 60.0 |\n" in text
+    assert "| CutPaste | 80.0 |\n" in _table(tmp_path, budget="paper")
+
+
+def test_runs_of_datasets_outside_the_table_are_not_its_concern(tmp_path):
+    _rec(tmp_path, "a", "CutPaste", "a", {"pixel_auroc": 0.8})
+    _rec(tmp_path, "b", "CutPaste", "bottle", {"pixel_auroc": 0.6}, dataset="mvtec", budget="cpu", seed=3)
+    text = _table(tmp_path)
+    assert text.startswith("## T (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories), in %.")
+    assert "| CutPaste | 80.0 |\n" in text and "Runs per cell: CutPaste/demo: 1\n" in text
+
+
+def test_failed_run_of_another_budget_is_filtered_too(tmp_path):
+    _rec(tmp_path, "a", "CutPaste", "a", {"pixel_auroc": 0.8}, budget="cpu")
+    _failed(tmp_path, "b", "CutPaste", "demo", "a", "boom", budget="paper")
+    assert "| CutPaste | 80.0 |\n" in _table(tmp_path, budget="cpu")
+    assert "| CutPaste | X* (0/1) |\n" in _table(tmp_path, budget="paper")
+
+
+def test_failed_run_without_identity_is_still_reported(tmp_path):
+    _rec(tmp_path, "a", "CutPaste", "a", {"pixel_auroc": 0.8})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "failed.txt").write_text("boom\n")
+    assert ("\n\nFailed runs that could not be placed in a cell (no .hydra/config.yaml): "
+            f"{tmp_path / 'b'}\n") in _table(tmp_path)
+
+
+def test_paired_comparison_against_the_strongest_baseline(tmp_path):
+    ap = {"CutPaste": [[0.4, 0.4], [0.4, 0.4]], "GLASS": [[0.5, 0.5], [0.6, 0.4]],
+          "CAI-N": [[0.6, 0.6], [0.7, 0.5]], "CAI-M": [[0.56, 0.56], [0.56, 0.36]]}
+    pro = {"CutPaste": 0.8, "GLASS": 0.7, "CAI-N": 0.7, "CAI-M": 0.9}
+    for row in ap:
+        for seed in (0, 1):
+            for i, cat in enumerate("ab"):
+                if row == "CAI-M" and seed == 1 and cat == "b":
+                    continue  # not run: an incomplete cell, 3 of 4 pairs
+                _rec(tmp_path, f"{row}-{cat}-{seed}", row, cat, {"pixel_ap": ap[row][seed][i], "pro": pro[row]},
+                     seed=seed)
+    text = _table(tmp_path, metrics={"AP": "pixel_ap", "PRO": "pro"}, rows=list(ap),
+                  paired={"candidates": ["CAI-N", "CAI-M"], "metrics": ["AP", "PRO"]})
+    assert ("### Paired comparison (selection: best): candidate − strongest baseline\n\n"
+            "Per seed: mean over the categories both finished of (candidate − baseline), in %. The strongest "
+            "baseline is the non-candidate row with the best mean in that column.\n\n"
+            "| dataset | metric | candidate | strongest baseline | seed 0 | seed 1 | mean ± std | pairs | better on |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
+            "| demo | AP | CAI-N | GLASS | +10.0 | +10.0 | +10.0 ± 0.0 | 4/4 | every seed (2/2) |\n"
+            "| demo | AP | CAI-M | GLASS | +6.0 | -4.0 | +1.0 ± 7.1 | 3/4 | some seeds (1/2) |\n"
+            "| demo | PRO | CAI-N | CutPaste | -10.0 | -10.0 | -10.0 ± 0.0 | 4/4 | no seed (0/2) |\n"
+            "| demo | PRO | CAI-M | CutPaste | +10.0 | +10.0 | +10.0 ± 0.0 | 3/4 | every seed (2/2) |\n") in text
+    assert "| CAI-M | 56.0* (3/4) | 90.0* (3/4) |\n" in text
+
+
+def test_paired_metrics_must_be_table_metrics(tmp_path):
+    import pytest
+
+    from cai.errors import ConfigError
+
+    _rec(tmp_path, "a", "CAI-N", "a", {"pixel_auroc": 0.8})
+    with pytest.raises(ConfigError, match="paired.metrics"):
+        _table(tmp_path, paired={"candidates": ["CAI-N"], "metrics": ["PRO"]})
+
+
+def test_texture_source_footnote(tmp_path):
+    _rec(tmp_path, "a", "DRAEM", "a", {"pixel_auroc": 0.8}, texture_source="dtd_mini")
+    note = "DRAEM/GLASS used dtd_mini (300 textures), not the full DTD."
+    assert f"\n\nNote: {note}\n" in _table(tmp_path, texture_notes={"dtd_mini": note})
+    assert "Note:" not in _table(tmp_path, budget="cpu")  # no run of that budget: no note
+
+
+def test_fid_source_takes_seed_and_budget_from_metrics_json(tmp_path):
+    for seed in (0, 1):
+        d = tmp_path / f"r{seed}"
+        _rec(tmp_path, f"r{seed}", "CAI-M", "a", {"pixel_auroc": 0.9}, seed=seed, budget="cpu")
+        (d / "fid.json").write_text(json.dumps({"dataset": "demo", "category": "a", "display_name": "CAI-M",
+                                                "metrics": {"fid": 10.0 * (seed + 1)}}))
+    runs = collect_runs(tmp_path, "fid.json")
+    assert sorted((r["seed"], r["budget"], r["metrics"]["fid"]) for r in runs) == [(0, "cpu", 10.0), (1, "cpu", 20.0)]
+    spec = TableSpec(name="t", title="T", runs_dir=tmp_path, metrics={"FID": "fid"}, datasets=["demo"],
+                     source="fid.json", scale=1.0, unit="")
+    assert "| CAI-M | 15.0 ± 7.1 |\n" in render(spec, runs)
+
+
+def test_expected_categories_from_dataset_configs():
+    import pytest
+
+    from cai.errors import ConfigError
+    from cai.report import dataset_categories
+
+    conf = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+    cats = dataset_categories(["mvtec", "demo"], conf)
+    assert len(cats["mvtec"]) == 15 and cats["mvtec"][0] == "bottle"
+    assert cats["demo"] == ["brick", "grass", "gravel", "coin"]
+    with pytest.raises(ConfigError, match="table.expected"):
+        dataset_categories(["fake"], conf)
+
+
+def test_make_table_script_marks_failed_category_and_refuses_mixed_budgets(tmp_path):
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    runs, out = tmp_path / "runs", tmp_path / "demo.md"
+    for cat, auc in (("brick", 0.9), ("grass", 0.8), ("gravel", 0.7)):
+        _rec(runs, cat, "CutPaste", cat, {"pixel_auroc": auc, "pixel_ap": 0.5, "pro": 0.6},
+             texture_source="dtd_mini")
+    _failed(runs, "coin", "CutPaste", "demo", "coin", "Category 'coin' has no training images\n")
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(repo / "scripts" / "make_table.py"), "table=demo",
+                               f"table.runs_dir={runs}", f"table.output={out}", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                                                 "HOME": str(tmp_path)})
+
+    proc = make()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    assert "| CutPaste | 80.0* (3/4) | 50.0* (3/4) | 60.0* (3/4) |\n" in text  # coin from conf/dataset/demo.yaml
+    assert "- CutPaste / demo: 3/4 runs; failed: coin (Category 'coin' has no training images)\n" in text
+    assert "| CutPaste | demo | coin | failed | failed | failed |\n" in text
+    assert "\nNote: DRAEM/GLASS used dtd_mini (300 textures), not the full DTD.\n" in text
+
+    _rec(runs, "brick-cpu", "CutPaste", "brick", {"pixel_auroc": 0.5}, budget="cpu")
+    mixed = make()
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr
+    assert "mix budgets ['cpu', 'paper']" in mixed.stderr and "table.budget=cpu" in mixed.stderr
+    assert make("table.budget=cpu").returncode == 0
+    assert out.read_text().startswith("## Demo dataset: pixel-level detection (UNet trained on pseudo anomalies) "
+                                      "(selection: best; budget: cpu)\n")
+
+
+def test_every_table_config_renders_with_no_runs(tmp_path):
+    """Each conf/table/*.yaml builds a TableSpec (its keys match) and renders an empty table."""
+    import importlib.util
+
+    from omegaconf import open_dict
+
+    from tests.conftest import REPO_ROOT, compose_config
+
+    spec = importlib.util.spec_from_file_location("make_table", REPO_ROOT / "scripts" / "make_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for path in sorted((REPO_ROOT / "conf" / "table").glob("*.yaml")):
+        cfg = compose_config("make_table", [f"table={path.stem}"], tmp_path)
+        with open_dict(cfg):
+            cfg.table.runs_dir, cfg.table.output = str(tmp_path / "none"), str(tmp_path / f"{path.stem}.md")
+        module.make_table(cfg)
+        text = (tmp_path / f"{path.stem}.md").read_text()
+        assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a)\n"), path.stem

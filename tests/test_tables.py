@@ -37,12 +37,30 @@ def test_tiny_table1_on_demo(tmp_path, shared_data):
     out = tmp_path / "table1.md"
     table = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_table.py"), "table=table1", f"table.runs_dir={sweep}",
-         "table.datasets=[demo]", f"table.output={out}"],
+         "table.datasets=[demo]", "table.expected={demo:[coin]}", f"table.output={out}"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr[-2000:]
     text = out.read_text()
     for name in DISPLAY:
         row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
-        assert "X /" not in row, row  # every synthesizer has a number
+        assert "X /" not in row and "*" not in row, row  # every synthesizer has a complete number
     assert "| RealNet | X / X | X / X | X / X |" in text  # not in this sweep
     assert not Path(tmp_path, "make_table.log").exists()
+
+
+@pytest.mark.slow
+def test_multirun_with_a_failed_job_exits_nonzero_after_the_others(tmp_path):
+    """One job of the sweep fails (unknown category): the other still finishes, the process exits 1 and
+    names the failed run dir."""
+    from tests.test_e2e import TINY, _run
+
+    sweep = tmp_path / "sweep"
+    args = [a for a in TINY if not a.startswith("dataset.category=")]
+    proc = _run(["-m", *args, "dataset.category=coin,no_such_category", f"hydra.sweep.dir={sweep}",
+                 "hydra.sweep.subdir=${dataset.category}"], tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert (sweep / "coin" / "done").is_file()
+    assert (sweep / "no_such_category" / "failed.txt").is_file()
+    assert "1 job(s) of this multirun failed" in proc.stderr
+    assert str(sweep / "no_such_category") in proc.stderr
+    assert str(sweep / "coin") + "\n" not in proc.stderr and f"{sweep / 'coin'}:" not in proc.stderr
