@@ -91,5 +91,9 @@ def test_realnet_delivers_only_pseudo_anomalies(tmp_path):
     stats = _check_protocol(tmp_path, lambda: trn.build(tmp_path, sdas_dir=str(tmp_path / "sdas")),
                             fgs=_half_foregrounds(_normals()))
     assert stats["redrawn"] > 0  # a quarter-image foreground leaves many Perlin masks empty: redrawn
-    records = read_manifest(tmp_path / "a")
-    assert all(r.info.get("left_normal") is False for r in records)  # the authors' normal coin is skipped
+    # told the consumer mixes normals, RealNet never draws its authors' "leave it normal" coin
+    told = trn.build(tmp_path, sdas_dir=str(tmp_path / "sdas"))
+    normals = _normals(1)
+    told.prepare(SynthesisContext("toy", "widget", False, 32, normals=normals, mixes_normals=True))
+    rng = np.random.default_rng(0)
+    assert not any(told.synthesize(normals[0], np.ones((32, 32), bool), rng).left_normal for _ in range(40))
