@@ -17,7 +17,7 @@ import numpy as np
 from baselines.augment import apply_random_subset, build_augmenters, rotate_array
 from baselines.perlin import perlin_threshold_mask
 from baselines.textures import TextureSource, blend_texture
-from cai.synth.base import Synthesizer
+from cai.synth.base import SynthesisContext, Synthesizer
 
 
 @dataclass
@@ -46,7 +46,8 @@ class DRAEM(Synthesizer):
        ``rotate_probability: 0`` for outputs aligned with the input.
     2. with probability ``normal_probability`` (DRAEM: ``no_anomaly > 0.5``) the sample is left normal
        (all-False mask). DRAEM draws this last; it is drawn here before the texture work it would discard,
-       which changes nothing in distribution.
+       which changes nothing in distribution. Not drawn at all once :meth:`prepare` is told the consumer
+       mixes normal images in itself (``SynthesisContext.mixes_normals``, the detector protocol).
     3. a texture from ``texture_dir/*/*.jpg`` is resized to the image (``cv2.resize``, bilinear) and passed
        through ``n_augmenters`` distinct augmenters of ``augmenters`` (3 of DRAEM's 10 imgaug ones, see
        :mod:`baselines.augment`). With ``augment_in_bgr`` they see the texture in BGR order, as DRAEM feeds
@@ -84,6 +85,11 @@ class DRAEM(Synthesizer):
         self.normal_probability = float(normal_probability)
         self.rotate_probability = float(rotate_probability)
         self.rotate_range = tuple(float(v) for v in rotate_range)
+        self.mixes_normals = False  # set by prepare: the consumer mixes normals, never leave one normal
+
+    def prepare(self, context: SynthesisContext) -> None:
+        """Keep the authors' normal draws only when no consumer mixes normal images in itself."""
+        self.mixes_normals = bool(context.mixes_normals)
 
     def draw_beta(self, rng: np.random.Generator) -> float:
         """Opacity of the normal image inside the mask: U[0, 1)·beta_max (DRAEM ``torch.rand(1)·0.8``)."""
@@ -97,7 +103,7 @@ class DRAEM(Synthesizer):
             angle = float(rng.uniform(*self.rotate_range))
             base = rotate_array(image, angle, bilinear=True)
         empty = np.zeros((h, w), dtype=bool)
-        if rng.random() < self.normal_probability:
+        if not self.mixes_normals and rng.random() < self.normal_probability:
             return DraemSample(base.copy(), empty, left_normal=True, rotation=angle)
 
         texture, path = self.textures.draw(rng)

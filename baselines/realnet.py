@@ -339,7 +339,8 @@ class RealNet(Synthesizer):
     ``pool_cache_dir/<dataset>/<category>-<hash>/`` unless that is ``null``. With ``sdas_dir`` set, the pool
     is instead every image in ``<sdas_dir>/<category>/`` and no checkpoint is needed.
 
-    Per call: with probability ``normal_probability`` the sample is left normal (all-False mask); otherwise
+    Per call: with probability ``normal_probability`` the sample is left normal (all-False mask; not drawn
+    when the context says the consumer mixes normals itself, ``SynthesisContext.mixes_normals``); otherwise
     mask = Perlin (:func:`baselines.perlin.perlin_threshold_mask`, DRAEM's recipe) ∧ foreground, kept even
     when empty (then the image is unchanged); a pool image drawn uniformly, resized to the image with
     ``cv2.resize`` (bilinear); ``f ~ U(blend_range)``; ``img' = m·(f·sdas + (1−f)·img) + (1−m)·img``
@@ -376,6 +377,7 @@ class RealNet(Synthesizer):
         self.sdas_dir = None if sdas_dir is None else Path(str(sdas_dir))
         self.blend_range = (float(blend_range[0]), float(blend_range[1]))
         self.normal_probability = float(normal_probability)
+        self.mixes_normals = False  # set by prepare: the consumer mixes normals, never leave one normal
         self.perlin_scale_exp = tuple(int(v) for v in perlin_scale_exp)
         self.perlin_rotate = tuple(float(v) for v in perlin_rotate)
         self.perlin_threshold = float(perlin_threshold)
@@ -396,8 +398,10 @@ class RealNet(Synthesizer):
 
     # -- the pool ----------------------------------------------------------------------------------
     def prepare(self, context: SynthesisContext) -> None:
-        """Build (or load) the category's SDAS pool."""
+        """Build (or load) the category's SDAS pool; keep the authors' normal draws only when no consumer
+        mixes normal images in itself."""
         self.category = context.category
+        self.mixes_normals = bool(context.mixes_normals)
         if self.sdas_dir is not None:
             self.pool, self.pool_strengths = self._read_sdas_dir(context.category), []
             return
@@ -532,7 +536,7 @@ class RealNet(Synthesizer):
         if not self.pool:
             raise ConfigError("RealNet.prepare() must run before synthesis (it builds the SDAS pool).")
         h, w = image.shape[:2]
-        if rng.random() < self.normal_probability:
+        if not self.mixes_normals and rng.random() < self.normal_probability:
             return RealNetSample(image.copy(), np.zeros((h, w), dtype=bool), left_normal=True)
         mask = perlin_threshold_mask(
             (h, w), rng, self.perlin_scale_exp, self.perlin_rotate, self.perlin_threshold

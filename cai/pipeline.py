@@ -28,13 +28,18 @@ from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
 from cai.metrics.label_fidelity import run_summary as label_fidelity_summary
 from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
-from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, run_synthesis
+from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
+from cai.synth.groups import check_synthesizer_groups
 from cai.track import Tracker, manifest_digest, write_run_info
 from cai.viz import prediction_panel, synthesis_panel
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: The detector trainer mixes normal images in itself (``detector.anomaly_fraction``), so the pipeline asks
+#: synthesizers for pseudo anomalies only: no "left normal" draws, empty masks redrawn (cai/synth/cache.py).
+DETECTOR_MIXES_NORMALS = True
 
 
 @dataclass
@@ -105,13 +110,16 @@ def synthesize(cfg: DictConfig, prep: PreparedCategory) -> tuple[Path, np.ndarra
         dataset=data.dataset, category=data.category, is_texture=data.is_texture,
         image_size=int(cfg.dataset.image_size), leakage_sources=tuple(cfg.dataset.get("leakage_sources") or ()),
         normals=prep.normals, foregrounds=prep.foregrounds,
+        mixes_normals=DETECTOR_MIXES_NORMALS, n_per_image=int(cfg.synthesizer.n_per_image),
     ))
     key["synthesizer_state"] = synthesizer.cache_key()  # e.g. the trained checkpoint it loaded
+    key["mixes_normals"] = DETECTOR_MIXES_NORMALS
     directory = (Path(cfg.paths.cache_dir) / "pseudo" / data.dataset / data.category
                  / f"{cfg.synthesizer.name}-{config_hash(key)}")
     job = SynthesisJob(directory, synthesizer, prep.normals, prep.foregrounds,
                        int(cfg.synthesizer.n_per_image), int(cfg.seed), key,
-                       stream=zlib.crc32(f"{data.dataset}/{data.category}".encode()))
+                       stream=zlib.crc32(f"{data.dataset}/{data.category}".encode()),
+                       mixes_normals=DETECTOR_MIXES_NORMALS, max_redraws=int(cfg.synthesis.max_redraws))
     start = time.perf_counter()
     records = run_synthesis(job, workers=default_workers(cfg.synthesis.workers))
     log.info("Synthesis: %d pseudo anomalies in %s (%.1fs)", len(records), directory, time.perf_counter() - start)
@@ -135,6 +143,7 @@ def hydra_choices() -> dict[str, str]:
 def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Synthesize → train → evaluate one (dataset, category, synthesizer); return metrics.json's content."""
     run_dir = Path(run_dir)
+    check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf")  # before any work
     if (run_dir / "done").is_file():
         log.info("Already finished: %s (delete its 'done' file to run again)", run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
@@ -148,7 +157,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "pseudo_manifest": manifest_digest([cache_dir / "manifest.jsonl"], cache_dir),
         "pseudo_cache": str(cache_dir),
     })
-    train = TrainSet(_chw(np.stack(prep.normals)), _chw(pseudo), torch.from_numpy(pseudo_masks))
+    train = TrainSet(_chw(np.stack(prep.normals)), _chw(pseudo), torch.from_numpy(pseudo_masks), source=cache_dir)
     test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names)
 
     tracker = Tracker(run_dir, cfg, cfg.logger)
@@ -176,6 +185,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "device": str(device), "seed": int(cfg.seed), "choices": hydra_choices(),
             "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
                                                      normal_index, cache_dir),
+            "synthesis": {k: read_stats(cache_dir)[k] for k in ("n", "redrawn")},
         }
         write_json(run_dir / "metrics.json", metrics)
         tracker.summary(metrics["metrics"])

@@ -22,8 +22,8 @@ def test_tiny_table1_on_demo(tmp_path, shared_data):
     args = [
         "experiment=table1", "dataset=demo", "logger=none", "foreground=otsu",
         f"synthesizer={','.join(SYNTHESIZERS)}", "dataset.category=coin",  # command line wins over the sweep
-        f"hydra.sweep.dir={sweep}", "dataset.image_size=64", "dataset.reader.n_train=6",
-        "dataset.reader.n_test_good=3", "dataset.reader.n_test_anomalous=3", "synthesizer.n_per_image=2",
+        f"hydra.sweep.dir={sweep}", "dataset.image_size=64", "dataset.reader.n_train=3",  # x 10 per image:
+        "dataset.reader.n_test_good=3", "dataset.reader.n_test_anomalous=3",  # CAI's 4:3:3 quotas must add up
         "detector.model.base_width=4", "detector.epochs=1", "detector.samples_per_epoch=8",
         "detector.batch_size=4", "synthesis.workers=1",
     ]

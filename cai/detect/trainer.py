@@ -36,14 +36,35 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSet:
-    """Normal images and pseudo anomalies as uint8 (N, 3, H, W) with bool masks (M, H, W)."""
+    """Normal images and pseudo anomalies as uint8 (N, 3, H, W) with bool masks (M, H, W).
+
+    Every pseudo anomaly must have a non-empty mask: the trainer mixes normal images in itself, so an
+    empty one would be a normal image counted as an anomaly (:meth:`check_pseudo_masks`). ``source``
+    says where the pseudo anomalies came from (their cache directory), for error messages.
+    """
 
     normals: torch.Tensor
     pseudo: torch.Tensor
     pseudo_masks: torch.Tensor
+    source: str | Path | None = None
 
     def to(self, device: torch.device) -> TrainSet:
-        return TrainSet(self.normals.to(device), self.pseudo.to(device), self.pseudo_masks.to(device))
+        return TrainSet(self.normals.to(device), self.pseudo.to(device), self.pseudo_masks.to(device), self.source)
+
+    def check_pseudo_masks(self) -> None:
+        """Refuse pseudo anomalies with an all-False mask (a cache that breaks the synthesis contract)."""
+        if len(self.pseudo_masks) == 0:
+            return
+        empty = torch.nonzero(~self.pseudo_masks.flatten(1).any(dim=1)).flatten().tolist()
+        if empty:
+            shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+            raise CaiError(
+                f"{len(empty)} of {len(self.pseudo_masks)} pseudo anomalies have an empty mask (indices {shown}); "
+                "the detector mixes normal images in itself, so each pseudo anomaly must mark anomalous pixels.",
+                where=self.source if self.source is not None else "the training set's pseudo anomalies",
+                fix="Synthesize them again with the current code (the cache writer redraws empty outputs under "
+                    "the detector protocol): delete that cache directory and re-run.",
+            )
 
 
 @dataclass
@@ -160,6 +181,7 @@ class DetectorTrainer:
         """Train for ``epochs`` epochs; return the selected epoch's metrics and the history."""
         if len(train.normals) == 0:
             raise CaiError("No normal training images to train the detector on.")
+        train.check_pseudo_masks()
         model, opt, sched = self._build()
         state = {"epoch": 0, "best": None, "history": []}
         last = self.ckpt_dir / "last.pt"

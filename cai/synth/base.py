@@ -7,7 +7,12 @@ A synthesizer turns a normal image into a pseudo anomaly and its mask::
 ``image`` is RGB uint8 (H, W, 3), ``foreground`` is bool (H, W) (all True for textures), ``rng`` is a
 seeded :class:`numpy.random.Generator`, the only source of randomness a synthesizer may use. The
 result is a new uint8 (H, W, 3) image and a bool (H, W) mask; an all-False mask means the method left
-the image normal (DRAEM does this on purpose with some probability).
+the image normal (DRAEM and RealNet do this on purpose with their authors' ``normal_probability``, and a
+Perlin or label mask can come out empty).
+
+Under the detector protocol the consumer mixes normal images in itself, so every output must be a pseudo
+anomaly: the context then says ``mixes_normals``, synthesizers skip their own "leave it normal" draws,
+and the cache writer (:mod:`cai.synth.cache`) redraws any empty output.
 
 Synthesizers that need more than one image (NSA borrows patches from other normal images, CAI draws
 from an anomaly bank, RealNet needs a trained DDPM) receive a :class:`SynthesisContext` once through
@@ -30,6 +35,10 @@ class SynthesisContext:
     ``normals``/``foregrounds`` are the category's training images at the synthesis size, in the
     same order as the pipeline visits them. ``leakage_sources`` names the source datasets that count
     as the target itself: an anomaly bank must drop every item from them (the paper's leakage rule).
+    ``mixes_normals``: the consumer (the detector trainer) mixes normal images in itself, so a
+    synthesizer must not leave outputs normal on purpose (its authors' ``normal_probability`` applies
+    only when it is used on its own). ``n_per_image``: how many outputs each normal image gets (None:
+    not known), e.g. for CAI to check its scale quotas add up to it.
     """
 
     dataset: str
@@ -39,6 +48,8 @@ class SynthesisContext:
     leakage_sources: tuple[str, ...] = ()
     normals: Sequence[np.ndarray] = field(default_factory=list)
     foregrounds: Sequence[np.ndarray] = field(default_factory=list)
+    mixes_normals: bool = False
+    n_per_image: int | None = None
 
 
 class Synthesizer(abc.ABC):

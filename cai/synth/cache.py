@@ -7,11 +7,18 @@ Layout (DESIGN.md)::
         parts/<i>.json         one record per normal image, written after its PNGs (resume points)
         images/<i>_<j>.png     pseudo anomalies (RGB)
         masks/<i>_<j>.png      their masks (0/255)
+        stats.json             per-run summary: outputs, empty ones, redraws, mean mask area
         manifest.jsonl         written last: the cache is complete iff it exists
 
 The key hashes the resolved synthesizer, foreground, size, seed and dataset identity, so a changed
 config never reuses stale output. Normal image ``i`` uses a generator seeded by (seed, stream, i) only, so the
 result is byte-identical whatever the worker count or resume point.
+
+With ``SynthesisJob.mixes_normals`` (the detector protocol, whose trainer mixes normal images in itself)
+every output must be a pseudo anomaly: an output with an empty mask is drawn again, one at a time, from
+the same per-image generator (so still byte-identical for any worker count), at most ``max_redraws``
+times per output before a :class:`~cai.errors.CaiError` stops the run. Each record says how many draws
+it took beyond the first (``redrawn``); ``stats.json`` sums them up for the run's metrics.
 """
 
 from __future__ import annotations
@@ -29,13 +36,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cai.errors import CaiError
 from cai.io import read_image, read_mask, write_json, write_png, write_text
 from cai.seeding import item_rng
 from cai.synth.base import Synthesizer, check_output
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: no empty outputs under the detector protocol (redrawn), stats.json
 
 
 def config_hash(payload: dict[str, Any], length: int = 12) -> str:
@@ -46,14 +54,17 @@ def config_hash(payload: dict[str, Any], length: int = 12) -> str:
 
 @dataclass(frozen=True)
 class PseudoRecord:
-    """One cached pseudo anomaly: its normal image's index, file paths (relative to the cache) and the
-    synthesizer's provenance (``info``, e.g. CAI's anomaly class and scale)."""
+    """One cached pseudo anomaly: its normal image's index, file paths (relative to the cache), the
+    synthesizer's provenance (``info``, e.g. CAI's anomaly class and scale), how many empty draws were
+    redrawn before it (``redrawn``) and the fraction of its pixels the mask covers."""
 
     normal_index: int
     image: str
     mask: str
     anomalous: bool
     info: dict = field(default_factory=dict, hash=False, compare=False)
+    redrawn: int = 0
+    mask_fraction: float = 0.0
 
     @property
     def anomaly_class(self) -> str | None:
@@ -73,6 +84,8 @@ class SynthesisJob:
     seed: int
     key_payload: dict[str, Any]
     stream: int = 0  # mixed into every image's seed: e.g. a hash of (dataset, category), so categories differ
+    mixes_normals: bool = False  # the consumer mixes normals itself: every output needs a non-empty mask
+    max_redraws: int = 0  # with mixes_normals: redraws allowed per output before the run stops
 
 
 # The job is handed to forked workers through this module global (fork start method): the prepared
@@ -80,19 +93,45 @@ class SynthesisJob:
 _ACTIVE_JOB: SynthesisJob | None = None
 
 
+def generate_outputs(job: SynthesisJob, index: int) -> list[tuple[np.ndarray, np.ndarray, dict, int]]:
+    """The ``n_per_image`` outputs of normal image ``index`` as (image, mask, info, redrawn).
+
+    With ``job.mixes_normals`` an output with an empty mask is replaced by a fresh single draw from the
+    same generator, in output order, until its mask is non-empty (at most ``job.max_redraws`` times).
+    """
+    image, fg = job.normals[index], job.foregrounds[index]
+    rng = item_rng(job.seed, job.stream, index)
+    outputs = []
+    for j, (out, mask, info) in enumerate(job.synthesizer.generate_records(image, fg, rng, job.n_per_image)):
+        check_output(image, out, mask)
+        redrawn = 0
+        while job.mixes_normals and not mask.any():
+            if redrawn >= job.max_redraws:
+                raise CaiError(
+                    f"{type(job.synthesizer).__name__} returned an empty mask {redrawn + 1} times in a row for "
+                    f"output {j} of normal image {index}; the detector needs every pseudo anomaly to have one.",
+                    where=job.directory,
+                    fix="Check that image's foreground mask (an empty or tiny foreground leaves no room for an "
+                        "anomaly) or raise synthesis.max_redraws.",
+                )
+            out, mask, info = job.synthesizer.generate_records(image, fg, rng, 1)[0]
+            check_output(image, out, mask)
+            redrawn += 1
+        outputs.append((out, mask, info, redrawn))
+    return outputs
+
+
 def _synthesize_one(index: int) -> dict[str, Any]:
     job = _ACTIVE_JOB
     assert job is not None
-    image, fg = job.normals[index], job.foregrounds[index]
-    outputs = job.synthesizer.generate_records(image, fg, item_rng(job.seed, job.stream, index), job.n_per_image)
     records = []
-    for j, (out, mask, info) in enumerate(outputs):
-        check_output(image, out, mask)
+    for j, (out, mask, info, redrawn) in enumerate(generate_outputs(job, index)):
         name = f"{index:05d}_{j:02d}.png"
         write_png(job.directory / "images" / name, out)
         write_png(job.directory / "masks" / name, mask)
         records.append({"normal_index": index, "image": f"images/{name}", "mask": f"masks/{name}",
-                        "anomalous": bool(mask.any()), "info": info})
+                        "anomalous": bool(mask.any()), "info": info, "redrawn": redrawn,
+                        "mask_fraction": round(float(mask.mean()), 6)})
     write_json(job.directory / "parts" / f"{index:05d}.json", records)
     return {"index": index, "records": records}
 
@@ -100,6 +139,25 @@ def _synthesize_one(index: int) -> dict[str, Any]:
 def read_manifest(directory: Path) -> list[PseudoRecord]:
     lines = (directory / "manifest.jsonl").read_text().splitlines()
     return [PseudoRecord(**json.loads(line)) for line in lines if line.strip()]
+
+
+def synthesis_stats(records: Sequence[PseudoRecord], mixes_normals: bool) -> dict[str, Any]:
+    """Summary of one synthesis run: outputs ``n``, empty outputs kept, draws ``redrawn`` (empty outputs
+    replaced under the detector protocol), the most redraws one output needed, and the mean mask area."""
+    n = len(records)
+    return {
+        "n": n,
+        "empty": sum(not r.anomalous for r in records),
+        "redrawn": sum(r.redrawn for r in records),
+        "max_redrawn": max((r.redrawn for r in records), default=0),
+        "mean_mask_fraction": round(sum(r.mask_fraction for r in records) / n, 6) if n else 0.0,
+        "mixes_normals": bool(mixes_normals),
+    }
+
+
+def read_stats(directory: Path) -> dict[str, Any]:
+    """The ``stats.json`` of a complete cache directory (see :func:`synthesis_stats`)."""
+    return json.loads((Path(directory) / "stats.json").read_text())
 
 
 def run_synthesis(job: SynthesisJob, workers: int = 1, progress: bool = True) -> list[PseudoRecord]:
@@ -134,8 +192,14 @@ def run_synthesis(job: SynthesisJob, workers: int = 1, progress: bool = True) ->
     records: list[dict[str, Any]] = []
     for i in range(len(job.normals)):
         records.extend(json.loads((d / "parts" / f"{i:05d}.json").read_text()))
+    pseudo = [PseudoRecord(**r) for r in records]
+    stats = synthesis_stats(pseudo, job.mixes_normals)
+    write_json(d / "stats.json", stats)
+    if stats["redrawn"]:
+        log.info("Synthesis in %s: %d of %d outputs had an empty mask and were drawn again (%d redraws)",
+                 d, sum(r.redrawn > 0 for r in pseudo), len(pseudo), stats["redrawn"])
     write_text(d / "manifest.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    return [PseudoRecord(**r) for r in records]
+    return pseudo
 
 
 def load_pseudo(directory: Path, records: Sequence[PseudoRecord]) -> tuple[np.ndarray, np.ndarray]:

@@ -55,6 +55,11 @@ ends when the bank cannot serve a quota (no pattern that large for this foregrou
 (logged); if even the small quota fails that long, the output is the normal image with an empty mask
 (logged). ``last_info`` / :meth:`CAISynthesizer.generate_with_info` give each output's scale, R',
 location, box and bank item (its anomaly class), e.g. to regroup outputs by class.
+
+Quotas must be non-negative integers (:func:`check_quotas`), and in a pipeline run
+(``SynthesisContext.n_per_image`` given to :meth:`CAISynthesizer.prepare`) they must add up to
+``n_per_image``: a :class:`ConfigError` says so before any synthesis, instead of 5:3:3 silently
+becoming 4:3:3 or 0.5 becoming 0 (other ``n`` are only scaled for direct calls such as single redraws).
 """
 
 from __future__ import annotations
@@ -161,6 +166,23 @@ def label_mask(new: np.ndarray, old: np.ndarray, threshold: int, median_kernel: 
     return cv2.medianBlur(binary, median_kernel) > 0
 
 
+def check_quotas(quotas: Mapping[str, Any]) -> dict[str, int]:
+    """MAS quotas as {large, medium, small} counts: non-negative integers with a positive sum, else ConfigError."""
+    bad_keys = sorted(set(quotas) - set(SCALES))
+    bad_values = {s: v for s, v in quotas.items()
+                  if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0}
+    if bad_keys or bad_values or sum(int(quotas.get(s, 0)) for s in SCALES if s not in bad_values) <= 0:
+        what = (f"unknown scale(s) {bad_keys}" if bad_keys else
+                f"not a non-negative integer: {bad_values}" if bad_values else "they add up to 0")
+        raise ConfigError(
+            f"Invalid CAI scale quotas {dict(quotas)}: {what}.",
+            where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
+            fix="Give whole counts >= 0 for large, medium and small (pseudo anomalies per normal image), "
+                "e.g. 4:3:3.",
+        )
+    return {s: int(quotas.get(s, 0)) for s in SCALES}
+
+
 def apportion(quotas: Mapping[str, int], n: int) -> dict[str, int]:
     """Scale ``quotas`` to sum to ``n`` by largest remainders (ties go to the larger scale)."""
     total = sum(quotas.values())
@@ -199,12 +221,7 @@ class CAISynthesizer(Synthesizer):
         if self.clone_mode not in ("normal", "mixed"):
             raise ConfigError(f"clone_mode={clone_mode!r}", fix="Use 'normal' (CAI-N) or 'mixed' (CAI-M).")
         quotas, ablation, stm, clone, label, ils = map(_plain, (quotas, ablation, stm, clone, label, ils))
-        bad = set(quotas) - set(SCALES)
-        if bad or any(int(quotas.get(s, 0)) < 0 for s in SCALES) or sum(quotas.values()) <= 0:
-            raise ConfigError(
-                f"Invalid quotas {quotas}.", fix="Give large/medium/small counts >= 0, sum > 0."
-            )
-        self.quotas = {s: int(quotas.get(s, 0)) for s in SCALES}
+        self.quotas = check_quotas(quotas)
         self.use_pe = bool(_need(ablation, "pe", "ablation"))
         self.use_stm = bool(_need(ablation, "stm", "ablation"))
         self.use_ils = bool(_need(ablation, "ils", "ablation"))
@@ -259,6 +276,14 @@ class CAISynthesizer(Synthesizer):
         A bank built from config is kept (with its loaded patterns) while the leakage sources stay the
         same, e.g. across the categories of one dataset.
         """
+        if context.n_per_image is not None and sum(self.quotas.values()) != int(context.n_per_image):
+            raise ConfigError(
+                f"The CAI scale quotas {self.quotas} add up to {sum(self.quotas.values())}, but each normal image "
+                f"gets synthesizer.n_per_image={context.n_per_image} pseudo anomalies.",
+                where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
+                fix=f"Give scale.large, scale.medium and scale.small that add up to {context.n_per_image} "
+                    "(paper: 4:3:3 for 10), or change synthesizer.n_per_image to match.",
+            )
         leak = tuple(sorted({s.strip().lower() for s in context.leakage_sources}))
         if self._bank_cfg is not None:
             if self.bank is None or leak != self._bank_leak:

@@ -113,3 +113,19 @@ def test_out_of_memory_becomes_a_clear_error(tmp_path):
     with pytest.raises(CaiError) as info:
         trainer.fit(train, test)
     assert "out of memory" in info.value.message and "detector.batch_size=16" in info.value.message
+
+
+def test_empty_pseudo_mask_is_refused_before_training(tmp_path):
+    """An empty mask in the anomalous half would train a normal image as an anomaly: the trainer refuses
+    the whole set, naming how many and where, before any epoch runs."""
+    from cai.errors import CaiError
+
+    train, test = _toy()
+    train.pseudo_masks[[2, 7]] = False
+    train.source = tmp_path / "pseudo" / "draem-abc"
+    with pytest.raises(CaiError) as info:
+        _trainer(tmp_path, epochs=1).fit(train, test)
+    message = info.value.message
+    assert "2 of 12 pseudo anomalies have an empty mask" in message and "2, 7" in message
+    assert str(tmp_path / "pseudo" / "draem-abc") in message
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()

@@ -1,4 +1,5 @@
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -7,10 +8,12 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from cai.errors import CaiError
 from cai.io import read_image, read_mask
 from cai.synth.base import Synthesizer
-from cai.synth.cache import SynthesisJob, config_hash, read_manifest, run_synthesis
+from cai.synth.cache import SynthesisJob, config_hash, read_manifest, read_stats, run_synthesis
 
 
 class SquareSynth(Synthesizer):
@@ -123,3 +126,57 @@ def test_cache_keeps_provenance_in_manifest(tmp_path):
     records = run_synthesis(job, progress=False)
     assert [r.info for r in records[:2]] == [{"anomaly_class": "crack", "k": 0}, {"anomaly_class": "crack", "k": 1}]
     assert read_manifest(tmp_path / "p")[3].info == {"anomaly_class": "crack", "k": 1}
+
+
+class SometimesEmpty(SquareSynth):
+    """Leaves the image normal (empty mask) with probability 0.6, like DRAEM's coin or an empty Perlin mask."""
+
+    def __call__(self, image, foreground, rng):
+        if rng.random() < 0.6:
+            return image.copy(), np.zeros(image.shape[:2], bool)
+        return super().__call__(image, foreground, rng)
+
+
+def _protocol_job(d, synth=None, max_redraws=50):
+    normals, fgs = _normals()
+    return SynthesisJob(d, synth or SometimesEmpty(), normals, fgs, 4, 0, {"k": 3},
+                        mixes_normals=True, max_redraws=max_redraws)
+
+
+def test_detector_protocol_redraws_empty_outputs(tmp_path):
+    """Under the detector protocol every image gets n_per_image non-empty masks; redraws are recorded per
+    record and in stats.json, and the bytes do not depend on the worker count."""
+    records = run_synthesis(_protocol_job(tmp_path / "a"), workers=1, progress=False)
+    assert len(records) == 20 and all(r.anomalous for r in records)
+    assert all(read_mask(tmp_path / "a" / r.mask).any() for r in records)
+    assert sorted({r.normal_index for r in records}) == list(range(5))
+    stats = json.loads((tmp_path / "a" / "stats.json").read_text())
+    assert stats["n"] == 20 and stats["empty"] == 0 and stats["mixes_normals"] is True
+    assert stats["redrawn"] == sum(r.redrawn for r in records) > 0  # p = 0.6: some draws were empty
+    assert read_stats(tmp_path / "a") == stats
+    assert stats["mean_mask_fraction"] == pytest.approx(16 / 256)
+    assert [r.redrawn for r in read_manifest(tmp_path / "a")] == [r.redrawn for r in records]
+    run_synthesis(_protocol_job(tmp_path / "b"), workers=2, progress=False)
+    assert _tree_digest(tmp_path / "a") == _tree_digest(tmp_path / "b")
+
+
+def test_synthesizer_on_its_own_keeps_empty_outputs(tmp_path):
+    """Without the detector protocol the synthesizer's own normal outputs stay (and are counted)."""
+    normals, fgs = _normals()
+    records = run_synthesis(SynthesisJob(tmp_path / "o", SometimesEmpty(), normals, fgs, 4, 0, {"k": 3}),
+                            progress=False)
+    stats = read_stats(tmp_path / "o")
+    assert stats["redrawn"] == 0 and stats["empty"] == sum(not r.anomalous for r in records) > 0
+
+
+def test_target_without_any_mask_is_a_clear_error(tmp_path):
+    class NeverAnomalous(SquareSynth):
+        def __call__(self, image, foreground, rng):
+            return image.copy(), np.zeros(image.shape[:2], bool)
+
+    with pytest.raises(CaiError) as info:
+        run_synthesis(_protocol_job(tmp_path / "n", NeverAnomalous(), max_redraws=3), progress=False)
+    message = info.value.message
+    assert "NeverAnomalous returned an empty mask 4 times in a row" in message
+    assert "normal image 0" in message and "synthesis.max_redraws" in message
+    assert not (tmp_path / "n" / "manifest.jsonl").exists()
