@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from cai.errors import CaiError
 from cai.io import read_image, read_mask, write_json, write_png, write_text
+from cai.runid import RunDirLock
 from cai.seeding import item_rng
 from cai.synth.base import Synthesizer, check_output
 
@@ -102,8 +104,30 @@ def read_manifest(directory: Path) -> list[PseudoRecord]:
     return [PseudoRecord(**json.loads(line)) for line in lines if line.strip()]
 
 
+def verify_key(directory: Path, key_payload: dict[str, Any]) -> None:
+    """A cache entry's ``config.json`` must be the key it is reused for: never reuse silently on a mismatch."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    expected = json.loads(json.dumps(key_payload, default=str))
+    if stored != expected:
+        differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+        raise CaiError(f"The pseudo-anomaly cache entry was made for another key (differs in: {', '.join(differ)}).",
+                       where=path, fix=f"Delete {directory} to synthesize it again.")
+
+
 def run_synthesis(job: SynthesisJob, workers: int = 1, progress: bool = True) -> list[PseudoRecord]:
-    """Fill ``job.directory`` (resuming a partial one) and return the manifest's records."""
+    """Fill ``job.directory`` (resuming a partial one) and return the manifest's records.
+
+    One process at a time fills an entry (a lock in the entry); a second one waits, then reuses the
+    finished manifest. The entry's ``config.json`` is checked against the key first."""
+    with RunDirLock(job.directory, what="pseudo-anomaly cache entry"):
+        verify_key(job.directory, job.key_payload)
+        return _run_synthesis_locked(job, workers, progress)
+
+
+def _run_synthesis_locked(job: SynthesisJob, workers: int, progress: bool) -> list[PseudoRecord]:
     global _ACTIVE_JOB
     d = job.directory
     if (d / "manifest.jsonl").is_file():
