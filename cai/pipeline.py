@@ -26,7 +26,7 @@ from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, resolve_devic
 from cai.detect.validation import holdout_indices, split_train_val
 from cai.errors import ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
-from cai.runid import RESOLVED_CONFIG, RunDirLock, check_run_config, write_hydra_files
+from cai.runid import RunDirLock, check_run_config, record_run_config, write_hydra_files
 from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, run_synthesis
@@ -150,8 +150,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finished = (run_dir / "done").is_file()
-    if not finished or (run_dir / RESOLVED_CONFIG).is_file():  # a dir from before resolved_config.yaml: skip
-        check_run_config(run_dir, cfg)
+    identity = check_run_config(run_dir, cfg)  # another config in this dir: ConfigError saying what differs
     if finished:
         log.info("Already finished: %s (delete the dir to run it again)", run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
@@ -161,6 +160,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     data = load_category(cfg)
     prep = prepare_category(cfg, data)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
+    record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {
         "train": manifest_digest(data.train, data.root),
         "test": manifest_digest([t.image for t in data.test], data.root),

@@ -3,8 +3,8 @@
 * :func:`identity_config` is the resolved config that decides a run's results: everything but locations
   (``paths``), logging, device, resume and worker counts. Run dirs are named by it
   (``seed<seed>-${run_hash:}``, see conf/hydra/default.yaml), a run dir records it in
-  ``resolved_config.yaml``, and re-running into a dir that finished (or started) with another one
-  stops with a :class:`ConfigError` that lists what differs.
+  ``resolved_config.yaml``, and re-running into a dir that finished (or started training) with another
+  one stops with a :class:`ConfigError` that lists what differs.
 * :class:`RunDirLock` makes one process at a time own a run dir (or a cache entry): ``fcntl.flock`` on a
   ``.lock`` file, released by the kernel when the holder exits or crashes; a second process waits for it
   and then sees the finished (or partial) result.
@@ -99,10 +99,10 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 
 def check_run_config(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
-    """Compare ``cfg`` with the config the run dir was started with; record it if the dir has none.
+    """Compare ``cfg`` with the config the run dir was started with (if any); return ``cfg``'s identity.
 
-    A dir that started (or finished) with another resolved config is never reused: the stored config
-    and the metrics must describe the same run.
+    A dir that started training (or finished) with another resolved config is never reused: the stored
+    config, the checkpoints and the metrics must describe the same run. :func:`record_run_config` stores it.
     """
     ident = identity_config(cfg)
     path = Path(run_dir) / RESOLVED_CONFIG
@@ -121,9 +121,13 @@ def check_run_config(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
                 fix="Drop the explicit hydra.run.dir / hydra.sweep.subdir so the new config gets its own dir, "
                     f"or delete {run_dir} to rerun there from scratch.",
             )
-        return ident
-    write_text(path, OmegaConf.to_yaml(OmegaConf.create(ident)))
     return ident
+
+
+def record_run_config(run_dir: Path, ident: dict[str, Any]) -> None:
+    """Store the identity config in ``resolved_config.yaml`` (run_job: before the first checkpoint, so a
+    run that failed earlier, e.g. on a missing dataset, may be re-run there with a corrected config)."""
+    write_text(Path(run_dir) / RESOLVED_CONFIG, OmegaConf.to_yaml(OmegaConf.create(ident)))
 
 
 def write_hydra_files(run_dir: Path, cfg: DictConfig) -> None:

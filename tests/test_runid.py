@@ -13,7 +13,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from cai.errors import ConfigError
-from cai.runid import RESOLVED_CONFIG, RunDirLock, check_run_config, config_diff, identity_config
+from cai.runid import (
+    RESOLVED_CONFIG,
+    RunDirLock,
+    check_run_config,
+    config_diff,
+    identity_config,
+    record_run_config,
+)
 from tests.conftest import REPO_ROOT, compose_config
 
 
@@ -63,8 +70,10 @@ def test_identity_config_leaves_out_locations_and_logging(tmp_path):
 
 def test_changed_config_in_a_used_dir_is_an_error_naming_the_difference(tmp_path):
     run = tmp_path / "run"
+    # Nothing recorded yet (e.g. the first attempt failed before training): any config may use the dir.
+    check_run_config(run, compose_config("config", ["logger=none", "dataset=mvtec"], run))
     first = compose_config("config", ["logger=none", "detector.epochs=1"], run)
-    check_run_config(run, first)
+    record_run_config(run, check_run_config(run, first))
     stored = (run / RESOLVED_CONFIG).read_text()
     assert "epochs: 1" in stored
     check_run_config(run, compose_config("config", ["logger=none", "detector.epochs=1", "device=cpu"], run))
