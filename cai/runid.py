@@ -50,11 +50,24 @@ def _drop(container: dict[str, Any], dotted: str) -> None:
         node.pop(leaf, None)
 
 
+def _unexpanded_env(node: Any) -> Any:
+    """Values read from the environment (``${oc.env:HOME}/.u2net``) are machine-specific locations too:
+    keep their spelling, not their value (the ``$`` dropped so nothing resolves them)."""
+    if isinstance(node, dict):
+        return {k: _unexpanded_env(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_unexpanded_env(v) for v in node]
+    if isinstance(node, str) and "${oc.env:" in node:
+        return "<env>" + node.replace("$", "")
+    return node
+
+
 def identity_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config minus :data:`NON_IDENTITY_KEYS`, as plain data.
 
-    ``paths`` is replaced by placeholders before resolving, so values built from a location
-    (``dataset.reader.root: ${paths.cache_dir}/demo_data``) are the same on every machine, and the
+    ``paths`` (and any ``${oc.env:...}`` value) is replaced by placeholders before resolving, so values
+    built from a location (``dataset.reader.root: ${paths.cache_dir}/demo_data``) are the same on every
+    machine, and the
     ``hydra`` node is left out (it names the run dir, which is computed from this: no recursion).
     """
     raw = OmegaConf.to_container(cfg, resolve=False)
@@ -62,6 +75,7 @@ def identity_config(cfg: DictConfig) -> dict[str, Any]:
     raw.pop("hydra", None)
     if isinstance(raw.get("paths"), dict):
         raw["paths"] = {k: f"<paths.{k}>" for k in raw["paths"]}
+    raw = _unexpanded_env(raw)
     resolved = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
     assert isinstance(resolved, dict)
     for key in NON_IDENTITY_KEYS:

@@ -29,7 +29,7 @@ def _dirs(tmp_path: Path, overrides: list[str]) -> tuple[str, str]:
     return OmegaConf.select(cfg, "hydra.run.dir"), OmegaConf.select(cfg, "hydra.sweep.subdir")
 
 
-def test_run_dir_is_deterministic_and_follows_the_resolved_config(tmp_path):
+def test_run_dir_is_deterministic_and_follows_the_resolved_config(tmp_path, monkeypatch):
     base = ["logger=none", f"paths.log_dir={tmp_path}/logs"]
     run, sub = _dirs(tmp_path, base)
     assert run == f"{tmp_path}/logs/run/demo/brick/cutpaste/{sub.split('/')[-1]}"
@@ -39,8 +39,10 @@ def test_run_dir_is_deterministic_and_follows_the_resolved_config(tmp_path):
     same = ["paths.cache_dir=/elsewhere", "device=cpu", "resume=false", "synthesis.workers=3", "logger=wandb"]
     assert _dirs(tmp_path, [*base, *same])[0] == run
     assert _dirs(tmp_path, [*base[1:], f"paths.root_dir={tmp_path}/x", f"paths.log_dir={tmp_path}/logs"])[0] == run
+    monkeypatch.setenv("HOME", str(tmp_path / "another_home"))   # the default rembg's model_dir follows $HOME
+    assert _dirs(tmp_path, [*base, "foreground=rembg"])[0] == run
     # ... every value that changes results does, nested or interpolated.
-    for change in ("detector.epochs=2", "detector.selection=val", "dataset.image_size=64", "seed=1",
+    for change in ("foreground=otsu", "detector.epochs=2", "detector.selection=val", "dataset.image_size=64", "seed=1",
                    "synthesizer.params.area_ratio=[0.1,0.2]", "synthesizer=draem", "dataset.category=coin"):
         assert _dirs(tmp_path, [*base, change])[0] != run, change
     assert "/seed1-" in _dirs(tmp_path, [*base, "seed=1"])[0]
