@@ -3,14 +3,16 @@
 Layout (DESIGN.md)::
 
     <cache>/<dataset>/<category>/<synthesizer>-<hash>/
-        config.json            what the hash was computed from
+        config.json            what the hash was computed from (checked against the key on every reuse)
+        .lock                  held (flock) by the one process filling the entry; others wait, then reuse
         parts/<i>.json         one record per normal image, written after its PNGs (resume points)
         images/<i>_<j>.png     pseudo anomalies (RGB)
         masks/<i>_<j>.png      their masks (0/255)
         manifest.jsonl         written last: the cache is complete iff it exists
 
-The key hashes the resolved synthesizer, foreground, size, seed and dataset identity, so a changed
-config never reuses stale output. Normal image ``i`` uses a generator seeded by (seed, stream, i) only, so the
+The key hashes the resolved synthesizer, foreground, size, seed and dataset identity (pipeline.synthesis_key:
+the training images' manifest of relative paths, sizes and mtimes), so a changed config or changed
+images never reuse stale output. Normal image ``i`` uses a generator seeded by (seed, stream, i) only, so the
 result is byte-identical whatever the worker count or resume point.
 """
 
