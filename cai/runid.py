@@ -39,6 +39,10 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 HASH_LENGTH = 8
 
 
+class RunConfigConflict(ConfigError):
+    """A run dir holds (or finished) a run of another resolved config: nothing in it may be touched."""
+
+
 def _drop(container: dict[str, Any], dotted: str) -> None:
     *parents, leaf = dotted.split(".")
     node: Any = container
@@ -129,7 +133,7 @@ def check_run_config(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
         if diff:
             state = "finished" if (Path(run_dir) / "done").is_file() else "was started"
             shown = "\n    ".join(diff[:20]) + (f"\n    ... {len(diff) - 20} more" if len(diff) > 20 else "")
-            raise ConfigError(
+            raise RunConfigConflict(
                 f"This run dir {state} with a different config (old -> new):\n    {shown}",
                 where=run_dir,
                 fix="Drop the explicit hydra.run.dir / hydra.sweep.subdir so the new config gets its own dir, "
