@@ -1,9 +1,9 @@
 """The one road data takes: reader → normals + foregrounds → synthesizer → cache → detector → metrics.
 
 ``run_job(cfg)`` does it for one (dataset, category, synthesizer) and writes the run dir:
-``config.yaml`` (Hydra), ``metrics.json``, ``checkpoints/{best,last}.pt``, ``samples.png``,
-``history.jsonl``, ``run_info.json`` and a ``done`` marker; a run dir with ``done`` is skipped, one
-without it is resumed.
+``resolved_config.yaml`` (the run's identity config, cai.runid), ``.hydra/config.yaml``, ``metrics.json``,
+``checkpoints/{best,last}.pt``, ``samples.png``, ``history.jsonl``, ``run_info.json`` and a ``done`` marker;
+a run dir with ``done`` is skipped, one without it is resumed.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from cai.data.types import CategoryData
 from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, resolve_device
+from cai.detect.validation import holdout_indices, split_train_val
 from cai.errors import ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
 from cai.metrics.label_fidelity import run_summary as label_fidelity_summary
+from cai.runid import RunDirLock, check_run_config, record_run_config, write_hydra_files
 from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
@@ -89,7 +91,11 @@ def _progress(items: Any, desc: str) -> Any:
 
 
 def synthesis_key(cfg: DictConfig, data: CategoryData) -> dict[str, Any]:
-    """What identifies a cache entry: resolved synthesizer, foreground, size, seed, dataset identity."""
+    """What identifies a cache entry: resolved synthesizer, foreground, size, seed, dataset identity.
+
+    The training images are identified by their manifest (paths relative to the dataset root, sizes and
+    modification times), so another folder with as many images, or an image changed in place, never
+    reuses pseudo anomalies made from other images."""
     return {
         "synthesizer": OmegaConf.to_container(cfg.synthesizer, resolve=True),
         "foreground": OmegaConf.to_container(cfg.foreground, resolve=True),
@@ -98,6 +104,7 @@ def synthesis_key(cfg: DictConfig, data: CategoryData) -> dict[str, Any]:
         "dataset": data.dataset,
         "category": data.category,
         "n_train": len(data.train),
+        "train_manifest": manifest_digest(data.train, data.root, mtime=True),
     }
 
 
@@ -141,16 +148,29 @@ def hydra_choices() -> dict[str, str]:
 
 
 def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Synthesize → train → evaluate one (dataset, category, synthesizer); return metrics.json's content."""
+    """Synthesize → train → evaluate one (dataset, category, synthesizer); return metrics.json's content.
+
+    One process at a time owns the run dir (a second identical run waits, then finds it finished), and a
+    dir started with another resolved config (``resolved_config.yaml``) stops with a ConfigError."""
     run_dir = Path(run_dir)
     check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf")  # before any work
-    if (run_dir / "done").is_file():
-        log.info("Already finished: %s (delete its 'done' file to run again)", run_dir)
+    with RunDirLock(run_dir):
+        return _run_job(cfg, run_dir)
+
+
+def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    finished = (run_dir / "done").is_file()
+    identity = check_run_config(run_dir, cfg)  # another config in this dir: ConfigError saying what differs
+    if finished:
+        log.info("Already finished: %s (delete the dir to run it again)", run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "failed.txt").unlink(missing_ok=True)  # a failure of a run that held the lock before us
+    write_hydra_files(run_dir, cfg)
     seed_everything(int(cfg.seed))
     data = load_category(cfg)
     prep = prepare_category(cfg, data)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
+    record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {
         "train": manifest_digest(data.train, data.root),
         "test": manifest_digest([t.image for t in data.test], data.root),
@@ -158,6 +178,10 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "pseudo_cache": str(cache_dir),
     })
     train = TrainSet(_chw(np.stack(prep.normals)), _chw(pseudo), torch.from_numpy(pseudo_masks), source=cache_dir)
+    val = None
+    if cfg.detector.selection == "val":  # held-out normals + their pseudo anomalies choose the epoch
+        held_out = holdout_indices(len(prep.normals), float(cfg.detector.val_fraction), int(cfg.seed))
+        train, val = split_train_val(train, normal_index, held_out)
     test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names)
 
     tracker = Tracker(run_dir, cfg, cfg.logger)
@@ -166,7 +190,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         device = resolve_device(cfg.device)
         trainer = DetectorTrainer(cfg.detector, lambda: instantiate(cfg.detector.model), run_dir, device,
                                   int(cfg.seed), on_epoch=lambda e, r: tracker.log(r, step=e))
-        result = trainer.fit(train, test, resume=bool(cfg.resume))
+        result = trainer.fit(train, test, resume=bool(cfg.resume), val=val)
         tracker.log_image("synthesis", synthesis_panel(prep.normals, pseudo, pseudo_masks, normal_index,
                                                        n=int(cfg.n_panels)),
                           caption=f"{cfg.synthesizer.display_name}: normal | pseudo anomaly | mask")
@@ -181,12 +205,15 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "synthesizer": cfg.synthesizer.name, "display_name": cfg.synthesizer.display_name,
             "selection": cfg.detector.selection, "selected_epoch": selected["epoch"],
             "metrics": {k: selected[k] for k in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")},
-            "n_train_normal": len(prep.normals), "n_pseudo": len(pseudo), "n_test": len(prep.test_images),
+            "n_train_normal": len(train.normals), "n_pseudo": len(train.pseudo), "n_test": len(prep.test_images),
             "device": str(device), "seed": int(cfg.seed), "choices": hydra_choices(),
             "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
                                                      normal_index, cache_dir),
             "synthesis": {k: read_stats(cache_dir)[k] for k in ("n", "redrawn")},
         }
+        if val is not None:
+            metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),
+                              "n_normal": sum(n.startswith("val_normal/") for n in val.names)}
         write_json(run_dir / "metrics.json", metrics)
         tracker.summary(metrics["metrics"])
         (run_dir / "done").write_text("ok\n")

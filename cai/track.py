@@ -50,13 +50,16 @@ def package_versions(names: Iterable[str] = TRACKED_PACKAGES) -> dict[str, str]:
     return out
 
 
-def manifest_digest(paths: Iterable[Path], root: Path) -> str:
+def manifest_digest(paths: Iterable[Path], root: Path, mtime: bool = False) -> str:
     """SHA-256 over the relative path and byte size of each file: identifies a dataset's file list
-    cheaply (hashing every image of MVTec-AD per run would cost minutes)."""
+    cheaply (hashing every image of MVTec-AD per run would cost minutes). ``mtime`` adds each file's
+    modification time (ns), so a file rewritten in place with the same size changes the digest too."""
     h = hashlib.sha256()
     for p in paths:
         p = Path(p)
-        h.update(f"{p.relative_to(root) if p.is_relative_to(root) else p}:{p.stat().st_size}\n".encode())
+        st = p.stat()
+        stamp = f":{st.st_mtime_ns}" if mtime else ""
+        h.update(f"{p.relative_to(root) if p.is_relative_to(root) else p}:{st.st_size}{stamp}\n".encode())
     return h.hexdigest()
 
 

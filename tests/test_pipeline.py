@@ -39,3 +39,49 @@ def test_mixed_sizes_and_formats_become_one_uniform_set(tmp_path):
     assert prep.test_masks.dtype == bool and not prep.test_masks[0].any()
     # The 0/1 mask covers rows 10-29, columns 20-59 of 60x80: about a sixth of the resized mask.
     assert abs(prep.test_masks[1].mean() - (20 * 40) / (60 * 80)) < 0.03
+
+
+def _folder_cfg(tmp_path, root):
+    from omegaconf import open_dict
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config("config", ["logger=none", "foreground=full", "synthesizer=cutpaste", "synthesis.workers=1",
+                                    "synthesizer.n_per_image=1", "dataset.image_size=32",
+                                    f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path / "run")
+    with open_dict(cfg):
+        cfg.dataset.category = "part"
+        cfg.dataset.reader = {"_target_": "cai.data.readers.FolderReader", "name": "factory", "root": str(root),
+                              "categories": [], "textures": [], "download": "your own images"}
+    return cfg
+
+
+def _cache_for(cfg):
+    from cai.pipeline import synthesize
+
+    prep = prepare_category(cfg, load_category(cfg))
+    directory, images, _, _ = synthesize(cfg, prep)
+    return directory, images
+
+
+def test_pseudo_anomaly_cache_follows_the_training_images_not_their_count(tmp_path):
+    """Two folders with as many (same-named) images get different caches; a changed image is not reused."""
+    import os
+
+    for name, seed in (("a", 0), ("b", 1)):
+        rng = np.random.default_rng(seed)
+        for i in range(3):
+            _write(tmp_path / name / "part" / f"train/good/{i}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        _write(tmp_path / name / "part" / "test/good/t.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    dir_a, pseudo_a = _cache_for(_folder_cfg(tmp_path, tmp_path / "a"))
+    dir_b, pseudo_b = _cache_for(_folder_cfg(tmp_path, tmp_path / "b"))
+    assert dir_a != dir_b and not np.array_equal(pseudo_a, pseudo_b)
+    assert _cache_for(_folder_cfg(tmp_path, tmp_path / "a"))[0] == dir_a          # unchanged: reused
+    # The same folder with one image rewritten (same name, same size) or just touched is a new entry.
+    img = tmp_path / "a" / "part" / "train/good/0.png"
+    _write(img, np.full((32, 32, 3), 7, np.uint8))
+    dir_changed, pseudo_changed = _cache_for(_folder_cfg(tmp_path, tmp_path / "a"))
+    assert dir_changed != dir_a and not np.array_equal(pseudo_changed, pseudo_a)
+    st = img.stat()
+    os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _cache_for(_folder_cfg(tmp_path, tmp_path / "a"))[0] not in (dir_a, dir_changed)

@@ -30,9 +30,9 @@ def test_tiny_table1_on_demo(tmp_path, shared_data):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "run.py"), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    failed = sorted(p.parent.name for p in sweep.rglob("failed.txt"))
+    failed = sorted(p.parent.parent.name for p in sweep.rglob("failed.txt"))  # <synthesizer>/seed0-<hash>/
     assert not failed, failed
-    assert sorted(p.parent.name for p in sweep.rglob("done")) == sorted(SYNTHESIZERS)
+    assert sorted(p.parent.parent.name for p in sweep.rglob("done")) == sorted(SYNTHESIZERS)
 
     out = tmp_path / "table1.md"
     table = subprocess.run(

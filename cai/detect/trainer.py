@@ -3,8 +3,10 @@
 Every epoch draws ``samples_per_epoch`` training samples, a fraction ``anomaly_fraction`` of them
 pseudo anomalies and the rest normal images with all-zero masks; Adam, MultiStepLR at given fractions
 of the epochs; focal loss. After each evaluated epoch the model is scored on the real test set; the
-reported model is the best epoch by ``selection_score`` (the paper's "best among 200 epochs") or the
-last epoch, as configured.
+reported model is the best epoch by ``selection_score`` (``best``: the paper's "best among 200 epochs",
+chosen on the test set), the best epoch by the same score on a held-out validation set of normal images
+and their pseudo anomalies (``val``: no test image chooses; :mod:`cai.detect.validation`), or the last
+epoch, as configured.
 
 The training set lives on the device as uint8 and batches are gathered there, so no host copy happens
 per step. Each epoch's sample order comes from a generator seeded by (seed, epoch), and a checkpoint
@@ -109,8 +111,8 @@ class DetectorTrainer:
         self.on_epoch = on_epoch
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.loss_fn = FocalLoss(**cfg.loss)
-        if cfg.selection not in ("best", "last"):
-            raise ConfigError(f"detector.selection must be 'best' or 'last', got {cfg.selection!r}.")
+        if cfg.selection not in ("best", "val", "last"):
+            raise ConfigError(f"detector.selection must be 'best', 'val' or 'last', got {cfg.selection!r}.")
 
     # -- model ---------------------------------------------------------------------------------
     def _build(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
@@ -177,11 +179,18 @@ class DetectorTrainer:
         return metrics.compute(), maps
 
     # -- training ------------------------------------------------------------------------------
-    def fit(self, train: TrainSet, test: EvalSet, resume: bool = False) -> dict:
-        """Train for ``epochs`` epochs; return the selected epoch's metrics and the history."""
+    def fit(self, train: TrainSet, test: EvalSet, resume: bool = False, val: EvalSet | None = None) -> dict:
+        """Train for ``epochs`` epochs; return the selected epoch's metrics and the history.
+
+        With ``selection=val`` every evaluated epoch is also scored on ``val`` (``val_*`` keys and
+        ``val_selection_score`` in its record) and that score alone chooses the epoch; the test metrics
+        are still recorded for the history and reported for the chosen epoch."""
         if len(train.normals) == 0:
             raise CaiError("No normal training images to train the detector on.")
         train.check_pseudo_masks()
+        if self.cfg.selection == "val" and val is None:
+            raise ConfigError("detector.selection=val needs a validation set (held-out normals and their "
+                              "pseudo anomalies).", fix="Pass val= to fit (run_job builds it).")
         model, opt, sched = self._build()
         state = {"epoch": 0, "best": None, "history": []}
         last = self.ckpt_dir / "last.pt"
@@ -208,12 +217,20 @@ class DetectorTrainer:
             sched.step()
             record: dict[str, Any] = {"epoch": epoch + 1, "loss": loss, "lr": sched.get_last_lr()[0]}
             is_last = epoch + 1 == epochs
-            if (self.cfg.selection == "best" and eval_every > 0 and (epoch + 1) % eval_every == 0) or is_last:
+            choosing = self.cfg.selection in ("best", "val")
+            if (choosing and eval_every > 0 and (epoch + 1) % eval_every == 0) or is_last:
                 metrics, _ = self.evaluate(model, test)
                 record.update({k: float(v) for k, v in metrics.items()})
-                score = selection_score(metrics)
-                record["selection_score"] = score
-                if self.cfg.selection == "last" or state["best"] is None or score > state["best"]["selection_score"]:
+                record["selection_score"] = selection_score(metrics)
+                score_key = "selection_score"
+                if self.cfg.selection == "val":
+                    assert val is not None
+                    val_metrics, _ = self.evaluate(model, val)
+                    record.update({f"val_{k}": float(v) for k, v in val_metrics.items()})
+                    record["val_selection_score"] = selection_score(val_metrics)
+                    score_key = "val_selection_score"
+                score = record[score_key]
+                if self.cfg.selection == "last" or state["best"] is None or score > state["best"][score_key]:
                     state["best"] = dict(record)
                     save_torch(self.ckpt_dir / "best.pt", {"model": model.state_dict(), "record": record})
             state["history"].append(record)

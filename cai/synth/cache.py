@@ -3,15 +3,17 @@
 Layout (DESIGN.md)::
 
     <cache>/<dataset>/<category>/<synthesizer>-<hash>/
-        config.json            what the hash was computed from
+        config.json            what the hash was computed from (checked against the key on every reuse)
+        .lock                  held (flock) by the one process filling the entry; others wait, then reuse
         parts/<i>.json         one record per normal image, written after its PNGs (resume points)
         images/<i>_<j>.png     pseudo anomalies (RGB)
         masks/<i>_<j>.png      their masks (0/255)
         stats.json             per-run summary: outputs, empty ones, redraws, mean mask area
         manifest.jsonl         written last: the cache is complete iff it exists
 
-The key hashes the resolved synthesizer, foreground, size, seed and dataset identity, so a changed
-config never reuses stale output. Normal image ``i`` uses a generator seeded by (seed, stream, i) only, so the
+The key hashes the resolved synthesizer, foreground, size, seed and dataset identity (pipeline.synthesis_key:
+the training images' manifest of relative paths, sizes and mtimes), so a changed config or changed
+images never reuse stale output. Normal image ``i`` uses a generator seeded by (seed, stream, i) only, so the
 result is byte-identical whatever the worker count or resume point.
 
 With ``SynthesisJob.mixes_normals`` (the detector protocol, whose trainer mixes normal images in itself)
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 
 from cai.errors import CaiError
 from cai.io import read_image, read_mask, write_json, write_png, write_text
+from cai.runid import RunDirLock
 from cai.seeding import item_rng
 from cai.synth.base import Synthesizer, check_output
 
@@ -158,10 +161,30 @@ def synthesis_stats(records: Sequence[PseudoRecord], mixes_normals: bool) -> dic
 def read_stats(directory: Path) -> dict[str, Any]:
     """The ``stats.json`` of a complete cache directory (see :func:`synthesis_stats`)."""
     return json.loads((Path(directory) / "stats.json").read_text())
+def verify_key(directory: Path, key_payload: dict[str, Any]) -> None:
+    """A cache entry's ``config.json`` must be the key it is reused for: never reuse silently on a mismatch."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    expected = json.loads(json.dumps(key_payload, default=str))
+    if stored != expected:
+        differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
+        raise CaiError(f"The pseudo-anomaly cache entry was made for another key (differs in: {', '.join(differ)}).",
+                       where=path, fix=f"Delete {directory} to synthesize it again.")
 
 
 def run_synthesis(job: SynthesisJob, workers: int = 1, progress: bool = True) -> list[PseudoRecord]:
-    """Fill ``job.directory`` (resuming a partial one) and return the manifest's records."""
+    """Fill ``job.directory`` (resuming a partial one) and return the manifest's records.
+
+    One process at a time fills an entry (a lock in the entry); a second one waits, then reuses the
+    finished manifest. The entry's ``config.json`` is checked against the key first."""
+    with RunDirLock(job.directory, what="pseudo-anomaly cache entry"):
+        verify_key(job.directory, job.key_payload)
+        return _run_synthesis_locked(job, workers, progress)
+
+
+def _run_synthesis_locked(job: SynthesisJob, workers: int, progress: bool) -> list[PseudoRecord]:
     global _ACTIVE_JOB
     d = job.directory
     if (d / "manifest.jsonl").is_file():

@@ -180,3 +180,45 @@ def test_target_without_any_mask_is_a_clear_error(tmp_path):
     assert "NeverAnomalous returned an empty mask 4 times in a row" in message
     assert "normal image 0" in message and "synthesis.max_redraws" in message
     assert not (tmp_path / "n" / "manifest.jsonl").exists()
+def test_cache_entry_made_for_another_key_is_never_reused(tmp_path):
+    d = tmp_path / "c"
+    run_synthesis(_job(d), progress=False)
+    normals, fgs = _normals()
+    other = SynthesisJob(d, SquareSynth(), normals, fgs, 3, 0, {"k": 2})
+    with pytest.raises(CaiError) as err:
+        run_synthesis(other, progress=False)
+    assert "k" in err.value.message and str(d) in err.value.message
+    # Also for a partial entry (no manifest yet): resuming it under another key would mix two configs.
+    (d / "manifest.jsonl").unlink()
+    with pytest.raises(CaiError):
+        run_synthesis(other, progress=False)
+
+
+def test_concurrent_writers_synthesize_once_and_both_get_the_manifest(tmp_path):
+    """Two processes filling the same entry: the second waits for the first, then reuses its manifest."""
+    calls = tmp_path / "calls.log"
+    script = tmp_path / "synth.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, os, pathlib, sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
+        from tests.synth.test_cache import SquareSynth, _normals
+        from cai.synth.cache import SynthesisJob, run_synthesis
+        class Counted(SquareSynth):
+            def __call__(self, image, fg, rng):
+                with open({str(calls)!r}, "a") as f:
+                    f.write(f"{{os.getpid()}}\\n")
+                time.sleep(0.1)
+                return super().__call__(image, fg, rng)
+        normals, fgs = _normals()
+        job = SynthesisJob(pathlib.Path(sys.argv[1]), Counted(), normals, fgs, 2, 0, {{"k": 1}})
+        records = run_synthesis(job, progress=False)
+        print(json.dumps([r.image for r in records]))
+    """))
+    d = tmp_path / "shared"
+    procs = [subprocess.Popen([sys.executable, str(script), str(d)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outs[0] == outs[1] and len(json.loads(outs[0])) == 10
+    pids = calls.read_text().split()
+    assert len(pids) == 10 and len(set(pids)) == 1   # 5 images x 2, all made by one of the two processes
