@@ -87,6 +87,7 @@ def collect_runs(runs_dir: Path, source: str = "metrics.json") -> list[dict[str,
         if source != "metrics.json":
             identity = {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k != "metrics"}
             record = {**identity, **record}
+        record["run_dir"] = str(d)
         out.append(record)
     return out
 
@@ -209,6 +210,7 @@ class Cell:
 
     values: dict[Key, dict[str, float]] = field(default_factory=dict)
     failed: dict[Key, str] = field(default_factory=dict)
+    dirs: dict[Key, str] = field(default_factory=dict)  # run dir of each finished value
 
 
 @dataclass
@@ -263,6 +265,14 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
         if "failed" in r:
             cell.failed.setdefault(key, r["failed"])
         else:
+            if key in cell.values:  # two finished runs of one cell (e.g. a rerun with another config)
+                raise ConfigError(
+                    f"Table {spec.name}: two finished runs for {_get(r, spec.row_field)} / {r['dataset']} / "
+                    f"{key[0]} seed {key[1]} (selection {_selection(r)}): {cell.dirs[key]} and {r.get('run_dir')}; "
+                    "averaging them would count one category twice.",
+                    where=spec.runs_dir,
+                    fix="Compare their resolved_config.yaml files and delete the run dir that is not wanted.")
+            cell.dirs[key] = str(r.get("run_dir"))
             cell.values[key] = {k: float(v) for k, v in r["metrics"].items()
                                 if k in spec.metrics.values() and v is not None and not math.isnan(v)}
     for cell in cells.values():  # a (category, seed) that finished elsewhere has not failed

@@ -1,6 +1,9 @@
 import json
 from pathlib import Path
 
+import pytest
+
+from cai.errors import ConfigError
 from cai.report import TableSpec, collect_runs, fmt_cell, render
 
 
@@ -373,3 +376,14 @@ def test_every_table_config_renders_with_no_runs(tmp_path):
         module.make_table(cfg)
         text = (tmp_path / f"{path.stem}.md").read_text()
         assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a)\n"), path.stem
+
+
+def test_two_finished_runs_of_one_cell_refuse_to_render(tmp_path):
+    """A rerun with a changed config lands in a second dir (run-dir hash): the table must not average both."""
+    _rec(tmp_path, "cp-brick-a", "CutPaste", "brick", {"pixel_auroc": 0.8})
+    _rec(tmp_path, "cp-brick-b", "CutPaste", "brick", {"pixel_auroc": 0.6})
+    with pytest.raises(ConfigError) as err:
+        _table(tmp_path, rows=["CutPaste"])
+    message = err.value.message
+    assert "two finished runs for CutPaste / demo / brick seed 0" in message
+    assert "cp-brick-a" in message and "cp-brick-b" in message
