@@ -77,7 +77,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cai.bank import AnomalyBank, BankItem, Pattern, filter_items, mask_bbox
+from cai.bank import AnomalyBank, BankItem, Pattern, canonical_source, filter_items, mask_bbox
 from cai.errors import ConfigError
 from cai.synth.base import SynthesisContext, Synthesizer
 from cai.synth.blend import seamless_clone
@@ -282,7 +282,7 @@ class CAISynthesizer(Synthesizer):
         A bank built from config is kept (with its loaded patterns) while the leakage sources stay the
         same, e.g. across the categories of one dataset.
         """
-        leak = tuple(sorted({s.strip().lower() for s in context.leakage_sources}))
+        leak = tuple(sorted({canonical_source(s, where="leakage_sources") for s in context.leakage_sources}))
         if self._bank_cfg is not None:
             if self.bank is None or leak != self._bank_leak:
                 self.bank = AnomalyBank.from_config(

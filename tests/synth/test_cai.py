@@ -117,7 +117,7 @@ def test_other_scale_configs(bank_manifest: Path) -> None:
 
 
 def test_quota_without_large_patterns_moves_to_the_next_scale(tmp_path: Path, caplog) -> None:
-    manifest = write_bank(tmp_path / "b", [("m", "stain", "alpha", 60), ("s", "crack", "alpha", 26)])
+    manifest = write_bank(tmp_path / "b", [("m", "stain", "dagm", 60), ("s", "crack", "dagm", 26)])
     syn = make_cai(manifest, ["synthesizer.params.max_attempts=30"])
     with caplog.at_level(logging.WARNING, logger="cai.synth.cai"):
         info = syn.generate_with_info(target_image(), FULL, np.random.default_rng(0), 10)
@@ -158,7 +158,7 @@ def test_every_location_satisfies_eq2(bank_manifest: Path) -> None:
 
 
 def test_ils_fallback_shrinks_then_goes_anywhere(tmp_path: Path) -> None:
-    manifest = write_bank(tmp_path / "b", [("big", "crack", "alpha", 120)])
+    manifest = write_bank(tmp_path / "b", [("big", "crack", "dagm", 120)])
     syn = make_cai(manifest)
     fg = np.zeros((TARGET, TARGET), bool)
     fg[2:20, :] = True  # a strip along the top: large (tall) patterns fit nowhere, medium ones shrunk
@@ -306,33 +306,33 @@ def test_empty_foreground_falls_back_to_the_whole_image(bank_manifest: Path) -> 
 # ----------------------------------------------------------------------------- bank + leakage
 def test_prepare_applies_the_leakage_rule(bank_manifest: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="cai.bank"):
-        syn = make_cai(bank_manifest, leakage=["alpha"])
+        syn = make_cai(bank_manifest, leakage=["dagm"])
     assert "leakage rule dropped 2 of 4 items" in caplog.text
-    assert {it.source for it in syn.bank.items} == {"beta"}
+    assert {it.source for it in syn.bank.items} == {"btad"}
     info = syn.generate_with_info(target_image(), FULL, np.random.default_rng(0), 10)
-    assert all(i.item.source == "beta" for i in info)
+    assert all(i.item.source == "btad" for i in info)
 
 
 def test_prepare_keeps_the_bank_while_leakage_is_unchanged(bank_manifest: Path) -> None:
-    syn = make_cai(bank_manifest, leakage=["alpha"])
+    syn = make_cai(bank_manifest, leakage=["dagm"])
     bank = syn.bank
-    syn.prepare(SynthesisContext("test", "other_cat", False, TARGET, leakage_sources=("ALPHA",)))
+    syn.prepare(SynthesisContext("test", "other_cat", False, TARGET, leakage_sources=("DAGM",)))
     assert syn.bank is bank
-    syn.prepare(SynthesisContext("other", "cat", False, TARGET, leakage_sources=("beta",)))
-    assert syn.bank is not bank and {it.source for it in syn.bank.items} == {"alpha"}
+    syn.prepare(SynthesisContext("other", "cat", False, TARGET, leakage_sources=("btad",)))
+    assert syn.bank is not bank and {it.source for it in syn.bank.items} == {"dagm"}
 
 
 def test_prepare_filters_a_given_bank_instance(bank_manifest: Path) -> None:
     cfg = compose_cai([f"daad.manifest={bank_manifest}"])
     params = dict(cfg.synthesizer.params)
     bank = AnomalyBank.from_manifest(
-        bank_manifest, source_group_of={"alpha": "existing_datasets", "beta": "online_search"}
+        bank_manifest, source_group_of={"dagm": "existing_datasets", "btad": "online_search"}
     )
     params["bank"] = bank
     params.pop("_target_")
     syn = CAISynthesizer(**params)
-    syn.prepare(SynthesisContext("d", "c", False, TARGET, leakage_sources=("beta",)))
-    assert {it.source for it in syn.bank.items} == {"alpha"}
+    syn.prepare(SynthesisContext("d", "c", False, TARGET, leakage_sources=("btad",)))
+    assert {it.source for it in syn.bank.items} == {"dagm"}
 
 
 def test_unprepared_config_bank_is_a_clear_error(bank_manifest: Path) -> None:

@@ -39,9 +39,9 @@ def test_cai_grid_script(tmp_path: Path) -> None:
             overrides=[
                 f"images_dir={tmp_path / 'imgs'}",
                 f"daad.manifest={manifest}",
-                "++daad.source_group_of.alpha=existing_datasets",
-                "++daad.source_group_of.beta=online_search",
-                "leakage_sources=[beta]",
+                "++daad.source_group_of.dagm=existing_datasets",
+                "++daad.source_group_of.btad=online_search",
+                "leakage_sources=[btad]",
                 "image_size=128",
                 "n_images=2",
                 f"out={tmp_path / 'grid.png'}",
