@@ -334,7 +334,7 @@ def ema_warmup_enabled(cfg: DictConfig) -> bool:
 
 def _meta(cfg: DictConfig, dataset: str, categories: list[str], step: int) -> dict[str, Any]:
     return {"dataset": dataset, "categories": categories, "image_size": int(cfg.image_size),
-            "learn_sigma": bool(cfg.learn_sigma), "step": int(step),
+            "learn_sigma": bool(cfg.learn_sigma), "step": int(step), "setting": cfg.get("name"),
             "trained_by": "scripts/train_realnet_ddpm.py"}
 
 

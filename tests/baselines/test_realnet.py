@@ -547,3 +547,21 @@ def test_adm256_fine_tunes_from_the_documented_place(tmp_path):
     assert r.init_checkpoint == f"{tmp_path}/realnet/init/imagenet256_adm" and r.name == "adm256"
     readme = (REPO_ROOT / "README.md").read_text()
     assert "realnet/init/imagenet256_adm" in readme and "256x256_diffusion.pt" in readme
+
+
+def test_table_runs_require_the_paper_scale_ddpm(ckpt, tmp_path):
+    assert compose_config("config", ["synthesizer=realnet"], tmp_path).synthesizer.params.require_setting is None
+    table = compose_config("config", ["experiment=table1", "synthesizer=realnet"], tmp_path)
+    assert table.synthesizer.params.require_setting == "adm256"
+    strict = build(tmp_path, checkpoint=str(ckpt), require_setting="adm256")
+    with pytest.raises(ConfigError, match="realnet_ddpm=adm256") as err:
+        strict.prepare(context([natural_image(np.random.default_rng(0), 16, 16)], CATEGORIES[0]))
+    assert "train_realnet_ddpm.py" in str(err.value)
+    build(tmp_path, checkpoint=str(ckpt)).prepare(context([natural_image(np.random.default_rng(0), 16, 16)],
+                                                          CATEGORIES[0]))  # no requirement: fine
+
+
+def test_training_records_its_setting(tmp_path):
+    out = tmp_path / "ck"
+    run(_compose_train(tmp_path, _train_overrides(tmp_path, out, 1)), tmp_path)
+    assert rn.read_checkpoint_meta(out)["setting"] == "tiny"
