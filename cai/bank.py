@@ -116,8 +116,10 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def crop_pattern(image: np.ndarray, mask: np.ndarray, context_frac: float) -> Pattern | None:
     """Crop ``image``/``mask`` to the mask's bounding box plus ``ceil(context_frac * s_a)`` px of context.
 
-    The context gives Poisson editing real source pixels around the anomaly for the dilated clone mask
-    (the official code crops the bare box and pads thin patterns with black, a defect not inherited).
+    The context gives Poisson editing real source pixels around the anomaly: all around the box for
+    CAI's ``clone.region: context``, and only to widen boxes thinner than ``clone.min_side`` for the
+    official region (the official code crops the bare box and pads thin patterns with black, a defect
+    not inherited).
     """
     box = mask_bbox(mask)
     if box is None:
