@@ -73,8 +73,9 @@ class DRAEM(Synthesizer):
         normal_probability: float,
         rotate_probability: float,
         rotate_range: Sequence[float],
+        min_texture_classes: int | None = None,
     ) -> None:
-        self.textures = TextureSource(texture_dir, "DRAEM")
+        self.textures = TextureSource(texture_dir, "DRAEM", min_texture_classes)
         self.augmenters = build_augmenters(augmenters)
         self.n_augmenters = int(n_augmenters)
         self.augment_in_bgr = bool(augment_in_bgr)

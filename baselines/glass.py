@@ -85,8 +85,9 @@ class GLASS(Synthesizer):
         beta_std: float,
         beta_clip: Sequence[float],
         max_tries: int,
+        min_texture_classes: int | None = None,
     ) -> None:
-        self.textures = TextureSource(texture_dir, "GLASS")
+        self.textures = TextureSource(texture_dir, "GLASS", min_texture_classes)
         self.augmenters = build_augmenters(augmenters)
         self.n_augmenters = int(n_augmenters)
         self.perlin_scale_exp = tuple(int(v) for v in perlin_scale_exp)

@@ -365,8 +365,10 @@ class RealNet(Synthesizer):
         perlin_threshold: float,
         seed: int,
         device: str = "auto",
+        require_setting: str | None = None,
     ) -> None:
         self.checkpoint = Path(str(checkpoint))
+        self.require_setting = None if require_setting is None else str(require_setting)
         self.dataset = str(dataset)
         self.num_inference_steps = int(num_inference_steps)
         self.strength_range = (float(strength_range[0]), float(strength_range[1]))
@@ -412,6 +414,15 @@ class RealNet(Synthesizer):
                 where=self.checkpoint,
                 fix=f"point params.checkpoint at the {context.dataset} checkpoint or train it: "
                 f"`{train_command(context.dataset, self.checkpoint)}`",
+            )
+        if self.require_setting is not None and meta.get("setting") != self.require_setting:
+            raise ConfigError(
+                f"This run needs the RealNet DDPM trained with realnet_ddpm={self.require_setting} (the paper's "
+                f"scale), but the checkpoint was trained with {meta.get('setting') or 'an unrecorded setting'}.",
+                where=self.checkpoint,
+                fix=f"train it: `{train_command(context.dataset, self.checkpoint)} "
+                f"realnet_ddpm={self.require_setting}` (README: Models and weights), or drop the requirement "
+                f"with realnet_setting=null",
             )
         if context.category not in meta["categories"]:
             raise ConfigError(

@@ -15,10 +15,18 @@ to a diffusers ``UNet2DModel`` + ``DDPMScheduler``:
   original loop does), EMA with decay 0.9999 after every optimizer step; the EMA weights are the ones
   sampled from.
 
-Deviations: RealNet fine-tunes OpenAI's ImageNet ``256x256_diffusion.pt``; here ``init_from`` accepts a
-diffusers ``UNet2DModel`` folder (a converted ADM checkpoint, say; weights of matching shape are copied,
-like ``load_pertrain_weights``), otherwise the UNet starts from scratch. bf16 autocast on CUDA
-(RealNet: fp32). One process instead of 4-GPU DDP: ``batch_size`` × ``accumulate`` is the effective batch.
+Deviations: RealNet fine-tunes OpenAI's ImageNet ``256x256_diffusion.pt``; here ``init_checkpoint``
+accepts a diffusers ``UNet2DModel`` folder (a converted ADM checkpoint, say) or a checkpoint folder of
+this project (its ``unet/``); weights of matching name and shape are copied, like RealNet's
+``load_pertrain_weights``. OpenAI's original ``.pt`` files are not converted here (a clear error says so).
+Without ``init_checkpoint`` the UNet starts from scratch, and then a constant EMA decay of 0.9999 leaves
+the sampled weights mostly at their random initialisation for the first ~10k steps (after 2,000 steps
+0.9999^2000 = 82 % of the init remains), so ``ema_warmup: auto`` (the default) uses the decay
+min(0.9999, (1+n)/(10+n)) at optimizer step n when training from scratch: the schedule of TensorFlow's
+``ExponentialMovingAverage(num_updates=n)`` and diffusers' ``EMAModel`` (its default, without
+``use_ema_warmup``). Fine-tuning keeps RealNet's constant decay (the EMA starts at the pretrained weights).
+bf16 autocast on CUDA (RealNet: fp32). One process instead of 4-GPU DDP: ``batch_size`` × ``accumulate``
+is the effective batch.
 
 Checkpoints (:func:`baselines.realnet.write_checkpoint`) are swapped in atomically every ``save_every``
 optimizer steps: ``unet/`` (EMA), ``scheduler/``, ``train_state.pt`` (raw weights, optimizer, step) and
@@ -203,8 +211,9 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def ema_decay_at(decay: float, warmup: bool, optimizer_steps: int) -> float:
-    """Constant ``decay`` (RealNet), or with ``warmup`` min(decay, (1+n)/(10+n)) (diffusers ``EMAModel``),
-    which lets short from-scratch runs move the EMA off its initial weights."""
+    """Constant ``decay`` (RealNet), or with ``warmup`` min(decay, (1+n)/(10+n)) (TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``, diffusers' ``EMAModel.get_decay`` default), which
+    lets short from-scratch runs move the EMA off its initial weights."""
     if not warmup:
         return float(decay)
     return min(float(decay), (1.0 + optimizer_steps) / (10.0 + optimizer_steps))
@@ -277,25 +286,55 @@ class TrainResult:
     seconds: float
 
 
-def _init_from(unet: Any, path: str | Path) -> None:
-    """Copy every weight of a diffusers UNet2DModel folder whose name and shape match (``load_pertrain_weights``)."""
+_INIT_FIX = ("put a diffusers UNet2DModel folder (config.json + weights; e.g. OpenAI's ImageNet 256x256 ADM "
+             "converted to diffusers) or a checkpoint folder of scripts/train_realnet_ddpm.py there, or set "
+             "realnet_ddpm.init_checkpoint=null to train from scratch (README: Models and weights).")
+
+
+def init_from_checkpoint(unet: Any, path: str | Path) -> int:
+    """Copy every weight of ``path`` whose name and shape match into ``unet`` (RealNet ``load_pertrain_weights``);
+    returns how many tensors were copied.
+
+    ``path``: a diffusers ``UNet2DModel`` folder, or a checkpoint folder of this project (its ``unet/``).
+    A missing path or an OpenAI ``.pt`` file is a :class:`ConfigError` (not converted here)."""
     from diffusers import UNet2DModel
 
     path = Path(str(path))
+    if path.is_file():
+        raise ConfigError(f"realnet_ddpm.init_checkpoint is a file ({path.suffix}); OpenAI guided-diffusion .pt "
+                          "checkpoints are not converted to diffusers' UNet2DModel by this project.",
+                          where=path, fix=_INIT_FIX)
     if not path.is_dir():
-        raise MissingFileError("RealNet DDPM init_from folder not found.", where=path,
-                               fix="point realnet_ddpm.init_from at a diffusers UNet2DModel folder or set it to null.")
-    src = UNet2DModel.from_pretrained(path, local_files_only=True, low_cpu_mem_usage=False).state_dict()
+        raise ConfigError("realnet_ddpm.init_checkpoint not found.", where=path, fix=_INIT_FIX)
+    folder = path / "unet" if (path / META_FILE).is_file() and (path / "unet").is_dir() else path
+    if not (folder / "config.json").is_file():
+        raise ConfigError("realnet_ddpm.init_checkpoint holds no UNet2DModel (no config.json).", where=folder,
+                          fix=_INIT_FIX)
+    src = UNet2DModel.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False).state_dict()
     own = unet.state_dict()
     matched = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise ConfigError("realnet_ddpm.init_checkpoint shares no weight (name and shape) with the configured UNet.",
+                          where=folder, fix="use a checkpoint of the same architecture (e.g. realnet_ddpm=adm256).")
     own.update(matched)
     unet.load_state_dict(own)
-    log.info("init_from %s: %d of %d tensors copied", path, len(matched), len(own))
+    log.info("init_checkpoint %s: %d of %d tensors copied", folder, len(matched), len(own))
+    return len(matched)
+
+
+def ema_warmup_enabled(cfg: DictConfig) -> bool:
+    """``realnet_ddpm.ema_warmup``: true / false, or auto = warm up when training from scratch."""
+    value = cfg.ema_warmup
+    if isinstance(value, str):
+        if value != "auto":
+            raise ConfigError(f"realnet_ddpm.ema_warmup={value!r}", fix="use true, false or auto.")
+        return not cfg.get("init_checkpoint")
+    return bool(value)
 
 
 def _meta(cfg: DictConfig, dataset: str, categories: list[str], step: int) -> dict[str, Any]:
     return {"dataset": dataset, "categories": categories, "image_size": int(cfg.image_size),
-            "learn_sigma": bool(cfg.learn_sigma), "step": int(step),
+            "learn_sigma": bool(cfg.learn_sigma), "step": int(step), "setting": cfg.get("name"),
             "trained_by": "scripts/train_realnet_ddpm.py"}
 
 
@@ -313,8 +352,9 @@ def train_realnet_ddpm(cfg: DictConfig, reader: Any, dataset: str, seed: int, de
     learn_sigma = bool(cfg.learn_sigma)
     size = int(cfg.image_size)
     unet = build_unet(cfg.unet, size, len(categories), learn_sigma)
-    if cfg.init_from:
-        _init_from(unet, cfg.init_from)
+    if cfg.get("init_checkpoint"):
+        init_from_checkpoint(unet, cfg.init_checkpoint)
+    warmup = ema_warmup_enabled(cfg)
     unet.to(device).train()
     ema = copy.deepcopy(unet).requires_grad_(False).eval()
     scheduler = build_scheduler(cfg)
@@ -353,7 +393,7 @@ def train_realnet_ddpm(cfg: DictConfig, reader: Any, dataset: str, seed: int, de
             losses.append(float(loss.detach()))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        ema_update(ema, unet, ema_decay_at(float(cfg.ema_decay), bool(cfg.ema_warmup), step))
+        ema_update(ema, unet, ema_decay_at(float(cfg.ema_decay), warmup, step))
         step += 1
         last_loss = float(np.mean(losses))
         if step % int(cfg.log_every) == 0 or step == 1:

@@ -7,33 +7,53 @@ Textures Dataset with one sub-folder per texture category, and draw one file uni
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from cai.errors import MissingFileError
+from cai.errors import ConfigError, MissingFileError
 from cai.io import read_image
+
+log = logging.getLogger(__name__)
 
 DTD_URL = "https://www.robots.ox.ac.uk/~vgg/data/dtd/"
 
 
-class TextureSource:
-    """The sorted ``*/*.jpg`` files under ``texture_dir``; raises :class:`MissingFileError` when none."""
+class MissingTexturesError(MissingFileError, ConfigError):
+    """The configured texture folder holds no ``<category>/*.jpg`` (a missing download or a wrong path)."""
 
-    def __init__(self, texture_dir: str | Path, method: str) -> None:
+
+class TextureSource:
+    """The sorted ``*/*.jpg`` files under ``texture_dir``; raises :class:`MissingTexturesError` when none.
+
+    ``n_classes`` is the number of texture categories (sub-folders with images) found; below
+    ``min_classes`` (the full DTD has 47; conf/textures) a warning says the source is incomplete.
+    """
+
+    def __init__(self, texture_dir: str | Path, method: str, min_classes: int | None = None) -> None:
         self.root = Path(texture_dir)
         self.paths = sorted(self.root.glob("*/*.jpg")) if self.root.is_dir() else []
         if not self.paths:
-            raise MissingFileError(
+            raise MissingTexturesError(
                 f"{method} needs anomaly-source textures (the Describable Textures Dataset, DTD), "
                 f"but no <category>/*.jpg files were found.",
                 where=self.root,
                 fix=(
-                    f"download DTD from {DTD_URL} (dtd-r1.0.1.tar.gz), unpack it and point texture_dir "
-                    f"(conf/synthesizer/{method.lower()}.yaml, params.texture_dir) at its images/ folder, "
-                    f"which holds one sub-folder of .jpg files per texture category; for tests and demos "
-                    f"use ${{paths.shared_data_dir}}/dtd_mini/images."
+                    f"download DTD from {DTD_URL} (dtd-r1.0.1.tar.gz, 5,640 images in 47 categories) and "
+                    f"unpack it so that {self.root}/<category>/*.jpg exist: by default table runs read "
+                    f"paths.dtd_dir = ${{paths.data_dir}}/dtd/images (set CAI_DATA or paths.dtd_dir; "
+                    f"conf/textures/dtd.yaml). For tests and demos use textures=dtd_mini "
+                    f"(${{paths.shared_data_dir}}/dtd_mini/images)."
                 ),
+            )
+        self.n_classes = len({p.parent.name for p in self.paths})
+        log.info("%s textures: %d images in %d classes from %s", method, len(self.paths), self.n_classes, self.root)
+        if min_classes is not None and self.n_classes < int(min_classes):
+            log.warning(
+                "%s textures: only %d texture classes in %s (expected %d: the full DTD, %s); "
+                "results are not comparable with the paper's", method, self.n_classes, self.root,
+                int(min_classes), DTD_URL,
             )
 
     def draw(self, rng: np.random.Generator) -> tuple[np.ndarray, Path]:

@@ -16,7 +16,11 @@ Extra columns are ignored, so ``shared/data/daad_mini/manifest.csv`` is a valid 
 
 **Leakage rule** (§3.2, "if an existing dataset is used for evaluation, its data will be strictly
 excluded"): every item whose ``source`` is one of the target's ``leakage_sources`` is dropped, always,
-before any other filter, and the number dropped is logged. Items are loaded lazily and cached as a
+before any other filter, and the number dropped is logged. Source names on both sides go through ONE
+alias table, ``conf/daad/sources/aliases.yaml`` (canonical name -> aliases; :func:`canonical_source`),
+so ``mvtec_ad`` in a manifest is dropped by ``leakage_sources: [mvtec]``; an unknown source name is a
+:class:`ConfigError` (it could not be matched against any target, so it might leak).
+Items are loaded lazily and cached as a
 :class:`Pattern`: the mask's bounding box plus some context (official code, ``find_white_pixels`` +
 ``crop_image`` in ``CAI/CAI_utils_functions.py``; the STR of Eq. 1 uses that box).
 
@@ -28,9 +32,11 @@ laid out like ``shared/data/daad_mini`` (``<class>/<name>.png`` + ``<name>_mask.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import logging
 import math
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from cai.errors import ConfigError, DatasetError
 from cai.io import IMAGE_SUFFIXES, list_images, read_image, read_mask, write_text
@@ -109,8 +116,10 @@ def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
 def crop_pattern(image: np.ndarray, mask: np.ndarray, context_frac: float) -> Pattern | None:
     """Crop ``image``/``mask`` to the mask's bounding box plus ``ceil(context_frac * s_a)`` px of context.
 
-    The context gives Poisson editing real source pixels around the anomaly for the dilated clone mask
-    (the official code crops the bare box and pads thin patterns with black, a defect not inherited).
+    The context gives Poisson editing real source pixels around the anomaly: all around the box for
+    CAI's ``clone.region: context``, and only to widen boxes thinner than ``clone.min_side`` for the
+    official region (the official code crops the bare box and pads thin patterns with black, a defect
+    not inherited).
     """
     box = mask_bbox(mask)
     if box is None:
@@ -126,8 +135,50 @@ def crop_pattern(image: np.ndarray, mask: np.ndarray, context_frac: float) -> Pa
     )
 
 
+#: The alias table of source names (canonical name -> list of aliases).
+SOURCE_ALIASES_FILE = Path(__file__).resolve().parents[1] / "conf" / "daad" / "sources" / "aliases.yaml"
+
+
 def _norm(name: str) -> str:
     return name.strip().lower()
+
+
+def _key(name: str) -> str:
+    """Spelling-insensitive form of a source name: lower case, '-', ' ' and '.' as '_'."""
+    return re.sub(r"[\s.\-]+", "_", _norm(str(name)))
+
+
+@functools.lru_cache(maxsize=8)
+def load_source_aliases(path: str | Path = SOURCE_ALIASES_FILE) -> dict[str, str]:
+    """``{spelling: canonical}`` from an alias table (canonical names map to themselves)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("The source alias table is missing.", where=path,
+                          fix="Restore conf/daad/sources/aliases.yaml (canonical name -> aliases).")
+    table = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    out: dict[str, str] = {}
+    for canonical, aliases in table.items():
+        for name in (canonical, *(aliases or ())):
+            key, canon = _key(name), _key(canonical)
+            if out.get(key, canon) != canon:
+                raise ConfigError(f"Source name {name!r} is an alias of both {out[key]!r} and {canon!r}.",
+                                  where=path, fix="Give every alias to one canonical source only.")
+            out[key] = canon
+    return out
+
+
+def canonical_source(name: str, aliases: Mapping[str, str] | None = None, where: str | Path | None = None) -> str:
+    """The canonical name of source ``name`` (e.g. ``MVTec-AD`` -> ``mvtec``); ConfigError if unknown."""
+    table = load_source_aliases() if aliases is None else aliases
+    try:
+        return table[_key(name)]
+    except KeyError:
+        raise ConfigError(
+            f"Unknown anomaly-bank source {name!r}: the leakage rule cannot match it to any dataset.",
+            where=where,
+            fix=f"Use a source listed in {SOURCE_ALIASES_FILE} (canonical: {sorted(set(table.values()))}), "
+            "or add it there (as a new canonical name or as an alias of one).",
+        ) from None
 
 
 def _check_subset(values: Iterable[str] | None, allowed: Sequence[str], key: str) -> tuple[str, ...] | None:
@@ -158,13 +209,14 @@ def filter_items(
     """
     cls = _check_subset(classes, ANOMALY_CLASSES, "daad.classes")
     groups = _check_subset(source_groups, SOURCE_GROUPS, "daad.source_groups")
-    leak = {_norm(s) for s in leakage_sources}
+    leak = {canonical_source(s, where="dataset.leakage_sources") for s in leakage_sources}
     out = list(items)
     if not out:
         raise ConfigError("The anomaly bank manifest lists no items.", where=where)
 
-    kept = [it for it in out if _norm(it.source) not in leak]
-    dropped = Counter(it.source for it in out if _norm(it.source) in leak)
+    source_of = {it.source: canonical_source(it.source, where=where) for it in out}
+    kept = [it for it in out if source_of[it.source] not in leak]
+    dropped = Counter(it.source for it in out if source_of[it.source] in leak)
     log.info(
         "anomaly bank: leakage rule dropped %d of %d items (leakage sources %s%s)",
         len(out) - len(kept),
@@ -227,7 +279,8 @@ def read_manifest(
             fix="Point daad.manifest at a manifest.csv (e.g. shared/data/daad_mini), or run build_daad.",
         )
     base = Path(root) if root is not None else path.parent
-    group_of = {_norm(k): _norm(v) for k, v in (source_group_of or {}).items()}
+    group_of = {canonical_source(k, where="daad.source_group_of"): _norm(v)
+                for k, v in (source_group_of or {}).items()}
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         missing = [c for c in _REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
@@ -238,9 +291,17 @@ def read_manifest(
                 fix=f"A manifest needs the columns {list(_REQUIRED_COLUMNS)} (+ optional source_group).",
             )
         rows = list(reader)
+    aliases = load_source_aliases()
+    unknown = sorted({row["source"] for row in rows if _key(row["source"]) not in aliases})
+    if unknown:
+        raise ConfigError(
+            f"Unknown anomaly-bank source(s) {unknown}: the leakage rule cannot match them to any dataset.",
+            where=path,
+            fix=f"Use sources listed in {SOURCE_ALIASES_FILE}, or add them there (canonical name or alias).",
+        )
     items, unmapped, bad_class, bad_group = [], set(), set(), set()
     for row in rows:
-        source = _norm(row["source"])
+        source = canonical_source(row["source"], aliases, where=path)
         anomaly_class = _norm(row["anomaly_class"])
         group = _norm(row.get("source_group") or "") or group_of.get(source, "")
         if not group:
@@ -458,7 +519,7 @@ def harvest_mvtec_layout(
                     left_out.append(f"{source}: {cat}/{defect}/{img.name}: no mask in {gt_dir}")
                     continue
                 rows.append(
-                    ManifestRow(img, mask, anomaly_class, _norm(source), source_group, f"{cat}/{defect}")
+                    ManifestRow(img, mask, anomaly_class, canonical_source(source), source_group, f"{cat}/{defect}")
                 )
     return rows, left_out
 
@@ -505,7 +566,7 @@ def harvest_folder(
             if not mask.is_file():
                 left_out.append(f"{img}: no mask {mask.name}")
                 continue
-            rows.append(ManifestRow(img, mask, cls, _norm(source), group, f"folder:{root.name}"))
+            rows.append(ManifestRow(img, mask, cls, canonical_source(source), group, f"folder:{root.name}"))
     return rows, left_out
 
 

@@ -210,6 +210,8 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
                                                      normal_index, cache_dir),
             "synthesis": {k: read_stats(cache_dir)[k] for k in ("n", "redrawn")},
+            # DRAEM / GLASS anomaly-source textures ("dtd" / "dtd_mini"); null for synthesizers without
+            "texture_source": cfg.synthesizer.get("texture_source"),
         }
         if val is not None:
             metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),

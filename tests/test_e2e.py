@@ -34,6 +34,7 @@ def test_tiny_run_end_to_end(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["display_name"] == "CutPaste" and metrics["n_pseudo"] == 12 and metrics["n_test"] == 6
     assert metrics["synthesis"] == {"n": 12, "redrawn": 0}  # CutPaste never leaves an output empty
+    assert metrics["texture_source"] is None  # CutPaste reads no DTD textures
     for key in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
         assert 0.0 <= metrics["metrics"][key] <= 1.0
     for name in ("done", "samples.png", "synthesis.png", "history.jsonl", "run_info.json", ".hydra/config.yaml",

@@ -26,6 +26,7 @@ def test_tiny_table1_on_demo(tmp_path, shared_data):
         "dataset.reader.n_test_good=3", "dataset.reader.n_test_anomalous=3",  # CAI's 4:3:3 quotas must add up
         "detector.model.base_width=4", "detector.epochs=1", "detector.samples_per_epoch=8",
         "detector.batch_size=4", "synthesis.workers=1",
+        "textures=dtd_mini",  # table1 reads the full DTD (conf/textures/dtd.yaml), absent here
     ]
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "run.py"), *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=900)

@@ -32,14 +32,21 @@ Steps and where they live:
   (``clone.dilate_kernel``²) (official ``dilate_image``); Poisson editing NORMAL (CAI-N) or MIXED
   (CAI-M) through :func:`cai.synth.blend.seamless_clone` on aligned windows, so the pattern lands
   exactly where ILS put it (no ``seamlessClone`` centre arithmetic and no border clash: the source
-  window is clipped to the image). The source around the anomaly (``clone.context_frac`` of its size)
-  is real source context, not black padding. Pixels outside the foreground are restored from the
+  window is clipped to the image). ``clone.region`` chooses the window: ``official`` (default) is the
+  resized pattern's tight box, as the official code crops the source to the box of mask > 128 before
+  resizing, so closing, dilation and the edit are clipped to that box (a side thinner than
+  ``clone.min_side`` is widened with real source context, where the official code pads with black);
+  ``context`` (``cai_*_context.yaml``) adds close+dilate kernel sizes of real source context
+  (``clone.context_frac`` is loaded) on every side, so the dilated mask and the edit reach past the
+  box (larger labels, stronger small anomalies). Pixels outside the foreground are restored from the
   normal image (official ``merge_images``).
 * **Label** (Eq. 4): ``|gray(I_sa) - gray(I_n)| > label.threshold`` (T = 7, the official value: above
   the ±1-2 grey levels PE leaves in untouched areas and JPEG-like noise, below a visible change), then a
   ``label.median_kernel`` median blur, then ∧ foreground. An attempt whose mask has fewer than
   ``label.min_pixels`` pixels is retried with another pattern without counting it (official: retry
-  while the 0/255 mask sums below 10, i.e. has no pixel).
+  while the 0/255 mask sums below 10, i.e. has no pixel). ``label.rule``: ``paper`` (default) as above;
+  ``pattern`` (``cai_*_tight.yaml``) keeps Eq. 4's pixels only inside the closed+dilated clone mask, so
+  PE's smooth halo around the pattern is not labelled.
 
 Ablations (Table 3): ``ablation.pe=false`` pastes the resized pattern under its binary mask (no
 blending); ``ablation.stm=false`` draws ``R' ~ U(lowest lower bound, highest upper bound)`` = U(0.1, 1)
@@ -75,7 +82,7 @@ import cv2
 import numpy as np
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cai.bank import AnomalyBank, BankItem, Pattern, filter_items, mask_bbox
+from cai.bank import AnomalyBank, BankItem, Pattern, canonical_source, filter_items, mask_bbox
 from cai.errors import ConfigError
 from cai.synth.base import SynthesisContext, Synthesizer
 from cai.synth.blend import seamless_clone
@@ -83,6 +90,11 @@ from cai.synth.blend import seamless_clone
 log = logging.getLogger(__name__)
 
 SCALES: tuple[str, ...] = ("large", "medium", "small")  # MAS preference order, largest first
+#: PE window: "official" = the resized pattern's tight box (official crop of mask > 128); "context" =
+#: the box plus close+dilate kernel sizes of real source context around it (``clone.context_frac``).
+CLONE_REGIONS: tuple[str, ...] = ("official", "context")
+#: Eq. 4 label: "paper" = |grey difference| > T everywhere; "pattern" = the same inside the clone mask only.
+LABEL_RULES: tuple[str, ...] = ("paper", "pattern")
 _INTERP = {"area": cv2.INTER_AREA, "cubic": cv2.INTER_CUBIC, "linear": cv2.INTER_LINEAR}
 _warned_empty_fg = False
 
@@ -247,11 +259,22 @@ class CAISynthesizer(Synthesizer):
         self.dilate_kernel = np.ones((int(_need(clone, "dilate_kernel", "clone")),) * 2, np.uint8)
         self.pe_backend = str(_need(clone, "backend", "clone"))
         self.fast_size = bool(_need(clone, "fast_size", "clone"))
+        self.region = str(_need(clone, "region", "clone"))
+        if self.region not in CLONE_REGIONS:
+            raise ConfigError(f"clone.region={self.region!r}", fix=f"Use one of {list(CLONE_REGIONS)}.")
         self.context_frac = float(_need(clone, "context_frac", "clone"))
-        # room around the pattern for closing + dilation + the FFT-size growth of the PE region
-        self.margin = self.close_kernel.shape[0] + self.dilate_kernel.shape[0]
+        if self.region == "context":
+            # room around the pattern for closing + dilation + the FFT-size growth of the PE region
+            self.margin = self.close_kernel.shape[0] + self.dilate_kernel.shape[0]
+            self.min_side = 0
+        else:  # official: the PE window is the pattern's tight box (widened only for thin patterns)
+            self.margin = 0
+            self.min_side = int(_need(clone, "min_side", "clone"))
         self.threshold = int(_need(label, "threshold", "label"))
         self.median_kernel = int(_need(label, "median_kernel", "label"))
+        self.label_rule = str(label.get("rule", "paper"))
+        if self.label_rule not in LABEL_RULES:
+            raise ConfigError(f"label.rule={self.label_rule!r}", fix=f"Use one of {list(LABEL_RULES)}.")
         self.min_pixels = int(_need(label, "min_pixels", "label"))
         self.shrink_factor = float(_need(ils, "shrink_factor", "ils"))
         if not 0.0 < self.shrink_factor < 1.0:
@@ -284,7 +307,7 @@ class CAISynthesizer(Synthesizer):
                 fix=f"Give scale.large, scale.medium and scale.small that add up to {context.n_per_image} "
                     "(paper: 4:3:3 for 10), or change synthesizer.n_per_image to match.",
             )
-        leak = tuple(sorted({s.strip().lower() for s in context.leakage_sources}))
+        leak = tuple(sorted({canonical_source(s, where="leakage_sources") for s in context.leakage_sources}))
         if self._bank_cfg is not None:
             if self.bank is None or leak != self._bank_leak:
                 self.bank = AnomalyBank.from_config(
@@ -425,10 +448,12 @@ class CAISynthesizer(Synthesizer):
         cy, cx = self._pick(tgt, cand, rng)
         top, left = cy - ph // 2, cx - pw // 2
 
-        # window around the pattern in target coordinates, clipped to the image
+        # window around the pattern in target coordinates, clipped to the image: the tight box plus
+        # ``margin`` (context region), or the tight box widened to ``min_side`` (official region)
         m = self.margin
-        wy0, wy1 = max(0, top - m), min(H, top + ph + m)
-        wx0, wx1 = max(0, left - m), min(W, left + pw + m)
+        gy, gx = max(0, self.min_side - ph), max(0, self.min_side - pw)
+        wy0, wy1 = max(0, top - m - gy // 2), min(H, top + ph + m + gy - gy // 2)
+        wx0, wx1 = max(0, left - m - gx // 2), min(W, left + pw + m + gx - gx // 2)
         # the same window in resized-crop coordinates, padded where the crop has no more context
         sy0, sy1 = wy0 - top + pt, wy1 - top + pt
         sx0, sx1 = wx0 - left + pl, wx1 - left + pl
@@ -443,9 +468,9 @@ class CAISynthesizer(Synthesizer):
         dst_win = image[wy0:wy1, wx0:wx1]
         fg_win = tgt.fg[wy0:wy1, wx0:wx1]
 
+        cmask = cv2.morphologyEx(mask_win.astype(np.uint8) * 255, cv2.MORPH_CLOSE, self.close_kernel)
+        cmask = cv2.dilate(cmask, self.dilate_kernel)
         if self.use_pe:
-            cmask = cv2.morphologyEx(mask_win.astype(np.uint8) * 255, cv2.MORPH_CLOSE, self.close_kernel)
-            cmask = cv2.dilate(cmask, self.dilate_kernel)
             blended = seamless_clone(
                 src_win, dst_win, cmask, self.clone_mode, backend=self.pe_backend, fast_size=self.fast_size
             )
@@ -461,6 +486,10 @@ class CAISynthesizer(Synthesizer):
         new[wy0 - ly0 : wy1 - ly0, wx0 - lx0 : wx1 - lx0] = blended
         label = label_mask(new, old, self.threshold, self.median_kernel)
         label &= tgt.fg[ly0:ly1, lx0:lx1]
+        if self.label_rule == "pattern":  # only where PE copied the pattern (no smooth halo around it)
+            inside = np.zeros_like(label)
+            inside[wy0 - ly0 : wy1 - ly0, wx0 - lx0 : wx1 - lx0] = cmask > 0
+            label &= inside
         if int(np.count_nonzero(label)) < self.min_pixels:
             return None
 
@@ -480,6 +509,24 @@ class CAISynthesizer(Synthesizer):
             item=item,
             ils=how,
         )
+
+    def replay(
+        self,
+        image: np.ndarray,
+        foreground: np.ndarray,
+        index: int,
+        ratio: float,
+        scale: str,
+        rng: np.random.Generator,
+    ) -> Injection | None:
+        """One injection of bank item ``index`` at the drawn R' ``ratio`` for ``scale`` (ILS, PE, Eq. 4),
+        e.g. to replay another synthesizer's draws with this one's clone region and label rule.
+        None when the label is empty (Algorithm 1 would retry)."""
+        pat = self._require_bank().pattern(index)
+        if pat is None:
+            return None
+        tgt = self._target_for(foreground)
+        return self._inject(image, tgt, pat, self.bank[index], pat.s_a / tgt.s_f, ratio, scale, rng)
 
     # ------------------------------------------------------------------ Algorithm 1
     def _run(

@@ -25,7 +25,8 @@ def _make(name, texture_dir, normals):
 @pytest.mark.parametrize("name", METHODS)
 def test_yaml_shape(name):
     raw = OmegaConf.load(CONF_DIR / f"{name}.yaml")
-    assert list(raw.keys()) == ["name", "display_name", "n_per_image", "params"]
+    textures = ["texture_source"] if name in TEXTURED else []  # metrics.json "texture_source" (conf/textures)
+    assert list(raw.keys()) == ["name", "display_name", "n_per_image", *textures, "params"]
     assert raw.name == name and raw.n_per_image == 10 and raw.params._target_.startswith("baselines.")
     with open(REPO_ROOT / "results" / "paper" / "table1_pixel_iad.csv") as f:
         assert raw.display_name in {row["synthesizer"] for row in csv.DictReader(f)}

@@ -19,7 +19,10 @@ from baselines import realnet as rn
 from baselines.realnet_train import (
     DiffusionCoefs,
     build_unet,
+    ema_decay_at,
+    ema_warmup_enabled,
     hybrid_loss,
+    init_from_checkpoint,
     run,
 )
 from cai.errors import ConfigError, MissingFileError
@@ -477,3 +480,88 @@ def test_entry_point_end_to_end_with_a_tiny_checkpoint(tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["display_name"] == "RealNet" and metrics["n_pseudo"] == 8
     assert list((tmp_path / "cache" / "realnet_sdas" / "demo").glob("coin-*/pool.json"))
+
+
+# -- EMA warm-up and init_checkpoint (issue #11) ------------------------------------------------------
+def _weights(module_or_dict) -> torch.Tensor:
+    sd = module_or_dict if isinstance(module_or_dict, dict) else module_or_dict.state_dict()
+    return torch.cat([v.float().flatten() for k, v in sorted(sd.items()) if v.dtype.is_floating_point])
+
+
+def _moved(tmp_path: Path, out: Path, extra: list[str], steps: int = 30) -> float:
+    """Fraction of the way the sampled (EMA) weights moved from the initial weights to the raw ones."""
+    from cai.seeding import seed_everything
+
+    cfg = _compose_train(tmp_path, [*_train_overrides(tmp_path, out, steps), f"realnet_ddpm.save_every={steps}",
+                                    *extra])
+    seed_everything(int(cfg.seed))  # run() seeds the same way before it builds the UNet
+    init = _weights(build_unet(cfg.realnet_ddpm.unet, 16, 2, True))
+    run(cfg, tmp_path)
+    ema = _weights(UNet2DModel.from_pretrained(out / "unet", low_cpu_mem_usage=False))
+    raw = _weights(torch.load(out / "train_state.pt", weights_only=False)["model"])
+    return float(1 - (ema - raw).norm() / (init - raw).norm())
+
+
+@pytest.mark.slow
+def test_ema_warmup_moves_the_sampled_weights_off_the_random_init(tmp_path):
+    assert _compose_train(tmp_path, []).realnet_ddpm.ema_warmup == "auto"
+    assert _moved(tmp_path, tmp_path / "auto", []) > 0.8  # default: from scratch -> warm-up
+    assert _moved(tmp_path, tmp_path / "const", ["realnet_ddpm.ema_warmup=false"]) < 0.05  # 0.9999^30: init
+
+
+def test_ema_decay_schedule():
+    assert ema_decay_at(0.9999, True, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.9999, True, 90) == pytest.approx(0.91)
+    assert ema_decay_at(0.9999, True, 10**6) == 0.9999 == ema_decay_at(0.9999, False, 0)
+    cfg = OmegaConf.create({"ema_warmup": "auto", "init_checkpoint": None})
+    assert ema_warmup_enabled(cfg) is True
+    cfg.init_checkpoint = "/some/folder"
+    assert ema_warmup_enabled(cfg) is False  # fine-tuning: RealNet's constant decay
+    with pytest.raises(ConfigError):
+        ema_warmup_enabled(OmegaConf.create({"ema_warmup": "sometimes"}))
+
+
+def test_init_checkpoint_loads_a_project_checkpoint_and_errors_clearly(tmp_path):
+    out = tmp_path / "ck"
+    run(_compose_train(tmp_path, _train_overrides(tmp_path, out, 1)), tmp_path)
+    cfg = _compose_train(tmp_path, _train_overrides(tmp_path, tmp_path / "unused", 1))
+    unet = build_unet(cfg.realnet_ddpm.unet, 16, 2, True)
+    assert init_from_checkpoint(unet, out) == len(unet.state_dict())
+    saved = UNet2DModel.from_pretrained(out / "unet", low_cpu_mem_usage=False).state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in unet.state_dict().items())
+    assert init_from_checkpoint(build_unet(cfg.realnet_ddpm.unet, 16, 2, True), out / "unet") > 0  # diffusers folder
+    with pytest.raises(ConfigError, match="not found"):
+        init_from_checkpoint(unet, tmp_path / "missing")
+    pt = tmp_path / "256x256_diffusion.pt"
+    pt.write_bytes(b"not converted")
+    with pytest.raises(ConfigError, match="not converted"):
+        init_from_checkpoint(unet, pt)
+    # through the config: a given but missing init_checkpoint stops training with the ConfigError
+    with raises_cai(ConfigError):
+        run(_compose_train(tmp_path, [*_train_overrides(tmp_path, tmp_path / "x", 1),
+                                      f"realnet_ddpm.init_checkpoint={tmp_path / 'missing'}"]), tmp_path)
+
+
+def test_adm256_fine_tunes_from_the_documented_place(tmp_path):
+    r = _compose_train(tmp_path, ["realnet_ddpm=adm256", f"paths.model_dir={tmp_path}"]).realnet_ddpm
+    assert r.init_checkpoint == f"{tmp_path}/realnet/init/imagenet256_adm" and r.name == "adm256"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "realnet/init/imagenet256_adm" in readme and "256x256_diffusion.pt" in readme
+
+
+def test_table_runs_require_the_paper_scale_ddpm(ckpt, tmp_path):
+    assert compose_config("config", ["synthesizer=realnet"], tmp_path).synthesizer.params.require_setting is None
+    table = compose_config("config", ["experiment=table1", "synthesizer=realnet"], tmp_path)
+    assert table.synthesizer.params.require_setting == "adm256"
+    strict = build(tmp_path, checkpoint=str(ckpt), require_setting="adm256")
+    with pytest.raises(ConfigError, match="realnet_ddpm=adm256") as err:
+        strict.prepare(context([natural_image(np.random.default_rng(0), 16, 16)], CATEGORIES[0]))
+    assert "train_realnet_ddpm.py" in str(err.value)
+    build(tmp_path, checkpoint=str(ckpt)).prepare(context([natural_image(np.random.default_rng(0), 16, 16)],
+                                                          CATEGORIES[0]))  # no requirement: fine
+
+
+def test_training_records_its_setting(tmp_path):
+    out = tmp_path / "ck"
+    run(_compose_train(tmp_path, _train_overrides(tmp_path, out, 1)), tmp_path)
+    assert rn.read_checkpoint_meta(out)["setting"] == "tiny"

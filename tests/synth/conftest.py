@@ -25,10 +25,10 @@ TARGET = 128  # target side in these tests (s_f = 128 for a full foreground)
 # (name, anomaly class, source, longest side of the anomaly's box): with s_f = 128 the STRs are
 # 0.94 (large), 0.47 (medium), 0.20 (small) and 0.06 (trivial).
 BANK_SPEC = (
-    ("big", "crack", "alpha", 120),
-    ("mid", "stain", "alpha", 60),
-    ("low", "scratch", "beta", 26),
-    ("tiny", "pits", "beta", 8),
+    ("big", "crack", "dagm", 120),
+    ("mid", "stain", "dagm", 60),
+    ("low", "scratch", "btad", 26),
+    ("tiny", "pits", "btad", 8),
 )
 
 
@@ -126,9 +126,9 @@ def make_cai(
     if manifest is not None:
         ov += [f"daad.manifest={manifest}"]
         mapping = groups or {
-            "alpha": "existing_datasets",
-            "beta": "online_search",
-            "target": "existing_datasets",
+            "dagm": "existing_datasets",
+            "btad": "online_search",
+            "mvtec": "existing_datasets",
         }
         ov += [f"++daad.source_group_of.{k}={v}" for k, v in mapping.items()]
     cfg = compose_cai(ov)

@@ -16,9 +16,11 @@ from cai.bank import (
     ANOMALY_CLASSES,
     AnomalyBank,
     BankItem,
+    canonical_source,
     crop_pattern,
     filter_items,
     harvest_mvtec_layout,
+    load_source_aliases,
     lookup_class,
     read_manifest,
 )
@@ -27,7 +29,7 @@ from cai.io import write_png
 
 from .conftest import CONF, REPO, write_bank
 
-GROUPS = {"alpha": "existing_datasets", "beta": "online_search"}
+GROUPS = {"dagm": "existing_datasets", "btad": "online_search"}
 MVTEC_CATEGORIES = {
     "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut",
     "pill", "screw", "tile", "toothbrush", "transistor", "wood", "zipper",
@@ -48,11 +50,11 @@ def test_read_manifest_maps_source_groups_and_resolves_paths(bank_manifest: Path
 
 def test_read_manifest_errors(bank_manifest: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="No source group"):
-        read_manifest(bank_manifest, source_group_of={"alpha": "existing_datasets"})
+        read_manifest(bank_manifest, source_group_of={"dagm": "existing_datasets"})
     with pytest.raises(DatasetError, match="not found"):
         read_manifest(tmp_path / "none.csv")
     bad = tmp_path / "bad.csv"
-    bad.write_text("image,mask,anomaly_class,source,source_group\na.png,a_mask.png,dent,x,online_search\n")
+    bad.write_text("image,mask,anomaly_class,source,source_group\na.png,a_mask.png,dent,neu,online_search\n")
     with pytest.raises(ConfigError, match="dent"):
         read_manifest(bad)
     bad.write_text("image,mask,source\na.png,a_mask.png,x\n")
@@ -70,11 +72,11 @@ def test_leakage_rule_drops_and_logs(caplog) -> None:
 
 
 def test_filters_and_empty_bank_errors_name_the_filter() -> None:
-    items = [_item("a", "crack"), _item("b", "stain", "online_search")]
-    assert [it.source for it in filter_items(items, classes=["stain"])] == ["b"]
-    assert [it.source for it in filter_items(items, source_groups=["existing_datasets"])] == ["a"]
+    items = [_item("neu", "crack"), _item("crackforest", "stain", "online_search")]
+    assert [it.source for it in filter_items(items, classes=["stain"])] == ["crackforest"]
+    assert [it.source for it in filter_items(items, source_groups=["existing_datasets"])] == ["neu"]
     with pytest.raises(ConfigError, match="leakage rule"):
-        filter_items(items, leakage_sources=["a", "b"])
+        filter_items(items, leakage_sources=["neu", "crackforest"])
     with pytest.raises(ConfigError, match="class filter"):
         filter_items(items, classes=["hole"])
     with pytest.raises(ConfigError, match="source-group filter"):
@@ -84,9 +86,9 @@ def test_filters_and_empty_bank_errors_name_the_filter() -> None:
 
 
 def test_leakage_applies_before_the_other_filters() -> None:
-    items = [_item("target", "hole"), _item("other", "crack")]
+    items = [_item("mvtec", "hole"), _item("visa", "crack")]
     with pytest.raises(ConfigError, match="class filter.*hole"):
-        filter_items(items, classes=["hole"], leakage_sources=["target"])
+        filter_items(items, classes=["hole"], leakage_sources=["mvtec"])
 
 
 # ----------------------------------------------------------------------------- patterns
@@ -126,7 +128,7 @@ def test_from_config_reads_the_daad_group(bank_manifest: Path) -> None:
     cfg.manifest = str(bank_manifest)
     cfg.source_group_of = GROUPS
     cfg.classes = ["crack", "stain"]
-    bank = AnomalyBank.from_config(cfg, leakage_sources=["beta"])
+    bank = AnomalyBank.from_config(cfg, leakage_sources=["btad"])
     assert sorted(it.anomaly_class for it in bank.items) == ["crack", "stain"]
     with pytest.raises(ConfigError, match="manifest"):
         AnomalyBank.from_config({"manifest": None})
@@ -210,8 +212,8 @@ def test_build_daad_script_on_a_tiny_tree(tmp_path: Path, caplog) -> None:
                 f"out={out}",
                 f"datasets=[{{root: {mv}, table: mvtec_ad}}]",
                 f"folders=[{{root: {folder}}}, {{root: {os_dir}, source: web, source_group: online_search}}]",
-                "++source_group_of.alpha=existing_datasets",
-                "++source_group_of.beta=reality_photographing",
+                "++source_group_of.dagm=existing_datasets",
+                "++source_group_of.btad=reality_photographing",
             ],
         )
     with caplog.at_level(logging.INFO, logger="cai.bank"):
@@ -226,7 +228,7 @@ def test_build_daad_script_on_a_tiny_tree(tmp_path: Path, caplog) -> None:
         "online_search",
     }
     bank = AnomalyBank.from_manifest(out, source_groups=["online_search"])
-    assert [it.source for it in bank.items] == ["web"]
+    assert [it.source for it in bank.items] == ["online_search"]  # stored canonical
     assert len(AnomalyBank.from_manifest(out, leakage_sources=["mvtec"])) == 5
 
 
@@ -245,3 +247,42 @@ def test_build_daad_on_daad_mini(shared_data: Path, tmp_path: Path) -> None:
     assert len(bank) == 478 and "bsdata" not in {it.source for it in bank.items}
     pat = bank.pattern(0)
     assert pat is not None and pat.mask[pat.box[0] : pat.box[0] + pat.box[2]].any()
+
+
+# ----------------------------------------------------------------------------- source names (one alias table)
+def test_leakage_rule_matches_source_aliases() -> None:
+    # a bank built with `source: mvtec_ad` must not slip past a target whose leakage_sources say `mvtec`
+    items = [_item("mvtec_ad"), _item("MVTec-AD"), _item("KolektorSDD2"), _item("neu")]
+    assert [it.source for it in filter_items(items, leakage_sources=["mvtec"])] == ["KolektorSDD2", "neu"]
+    assert [it.source for it in filter_items(items, leakage_sources=["ksdd2", "mvtec_ad"])] == ["neu"]
+    assert canonical_source("VT-ADL") == "btad" and canonical_source("Magnetic tile") == "mtd"
+    assert canonical_source("mvtec_loco_ad") == "mvtec_loco" != canonical_source("mvtec")
+
+
+def test_unknown_sources_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="Unknown anomaly-bank source 'my_scans'"):
+        filter_items([_item("my_scans"), _item("neu")], leakage_sources=["mvtec"])
+    with pytest.raises(ConfigError, match="Unknown anomaly-bank source 'mvtek'"):
+        filter_items([_item("neu")], leakage_sources=["mvtek"])  # a typo in a dataset's leakage_sources
+    bad = tmp_path / "manifest.csv"
+    bad.write_text("image,mask,anomaly_class,source,source_group\na.png,a_mask.png,crack,mvtec_ad,existing_datasets\n"
+                   "b.png,b_mask.png,crack,my_scans,online_search\n")
+    with pytest.raises(ConfigError, match=r"(?s)my_scans.*aliases\.yaml"):
+        read_manifest(bad)
+
+
+def test_manifest_sources_are_stored_canonical(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("image,mask,anomaly_class,source,source_group\n"
+                        "a.png,a_mask.png,crack,MVTec_AD,existing_datasets\nb.png,b_mask.png,pits,BSData-AD,\n")
+    items = read_manifest(manifest, source_group_of={"bsdata_ad": "existing_datasets"})
+    assert [it.source for it in items] == ["mvtec", "bsdata"]
+    assert [it.source_group for it in items] == ["existing_datasets"] * 2
+
+
+def test_every_dataset_leakage_source_is_a_known_name() -> None:
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    table = load_source_aliases()
+    for path in sorted((conf / "dataset").glob("*.yaml")):
+        for name in OmegaConf.load(path).get("leakage_sources") or []:
+            assert canonical_source(name) in table.values(), path

@@ -11,6 +11,7 @@ import pytest
 from hydra.utils import instantiate
 from hypothesis import given
 from hypothesis import strategies as st
+from omegaconf import OmegaConf
 
 from cai.bank import AnomalyBank, BankItem
 from cai.errors import ConfigError
@@ -116,7 +117,7 @@ def test_other_scale_configs(bank_manifest: Path) -> None:
 
 
 def test_quota_without_large_patterns_moves_to_the_next_scale(tmp_path: Path, caplog) -> None:
-    manifest = write_bank(tmp_path / "b", [("m", "stain", "alpha", 60), ("s", "crack", "alpha", 26)])
+    manifest = write_bank(tmp_path / "b", [("m", "stain", "dagm", 60), ("s", "crack", "dagm", 26)])
     syn = make_cai(manifest, ["synthesizer.params.max_attempts=30"])
     with caplog.at_level(logging.WARNING, logger="cai.synth.cai"):
         info = syn.generate_with_info(target_image(), FULL, np.random.default_rng(0), 10)
@@ -138,7 +139,9 @@ def test_call_draws_scale_in_proportion_to_quotas(bank_manifest: Path) -> None:
 
 # ----------------------------------------------------------------------------- ILS (Eq. 2)
 def test_every_location_satisfies_eq2(bank_manifest: Path) -> None:
-    syn = make_cai(bank_manifest)
+    # context region: in the official tight box these fixture patterns are too small (10-30 px) for a
+    # label at the small scale on this 100 px foreground, and Algorithm 1 would leave outputs normal
+    syn = make_cai(bank_manifest, ["synthesizer=cai_n_context"])
     rng = np.random.default_rng(2)
     image = target_image()
     fg = disc(radius=50, centre=(70, 60))
@@ -155,7 +158,7 @@ def test_every_location_satisfies_eq2(bank_manifest: Path) -> None:
 
 
 def test_ils_fallback_shrinks_then_goes_anywhere(tmp_path: Path) -> None:
-    manifest = write_bank(tmp_path / "b", [("big", "crack", "alpha", 120)])
+    manifest = write_bank(tmp_path / "b", [("big", "crack", "dagm", 120)])
     syn = make_cai(manifest)
     fg = np.zeros((TARGET, TARGET), bool)
     fg[2:20, :] = True  # a strip along the top: large (tall) patterns fit nowhere, medium ones shrunk
@@ -216,7 +219,9 @@ def _run(manifest: Path, overrides: list[str], fg: np.ndarray, seed: int = 5):
 
 
 def test_ablation_pe_changes_only_the_blending(bank_manifest: Path) -> None:
-    full, no_pe = _run(bank_manifest, [], FULL), _run(bank_manifest, ["ablation=no_pe"], FULL)
+    # context region, where PE labels every draw of this fixture bank, so both runs take the same draws
+    ctx = "synthesizer=cai_n_context"
+    full, no_pe = _run(bank_manifest, [ctx], FULL), _run(bank_manifest, [ctx, "ablation=no_pe"], FULL)
     key = lambda i: (i.item, i.scale, i.target_ratio, i.location, i.box)  # noqa: E731
     assert [key(i) for i in full] == [key(i) for i in no_pe]
     image = target_image()
@@ -301,33 +306,33 @@ def test_empty_foreground_falls_back_to_the_whole_image(bank_manifest: Path) -> 
 # ----------------------------------------------------------------------------- bank + leakage
 def test_prepare_applies_the_leakage_rule(bank_manifest: Path, caplog) -> None:
     with caplog.at_level(logging.INFO, logger="cai.bank"):
-        syn = make_cai(bank_manifest, leakage=["alpha"])
+        syn = make_cai(bank_manifest, leakage=["dagm"])
     assert "leakage rule dropped 2 of 4 items" in caplog.text
-    assert {it.source for it in syn.bank.items} == {"beta"}
+    assert {it.source for it in syn.bank.items} == {"btad"}
     info = syn.generate_with_info(target_image(), FULL, np.random.default_rng(0), 10)
-    assert all(i.item.source == "beta" for i in info)
+    assert all(i.item.source == "btad" for i in info)
 
 
 def test_prepare_keeps_the_bank_while_leakage_is_unchanged(bank_manifest: Path) -> None:
-    syn = make_cai(bank_manifest, leakage=["alpha"])
+    syn = make_cai(bank_manifest, leakage=["dagm"])
     bank = syn.bank
-    syn.prepare(SynthesisContext("test", "other_cat", False, TARGET, leakage_sources=("ALPHA",)))
+    syn.prepare(SynthesisContext("test", "other_cat", False, TARGET, leakage_sources=("DAGM",)))
     assert syn.bank is bank
-    syn.prepare(SynthesisContext("other", "cat", False, TARGET, leakage_sources=("beta",)))
-    assert syn.bank is not bank and {it.source for it in syn.bank.items} == {"alpha"}
+    syn.prepare(SynthesisContext("other", "cat", False, TARGET, leakage_sources=("btad",)))
+    assert syn.bank is not bank and {it.source for it in syn.bank.items} == {"dagm"}
 
 
 def test_prepare_filters_a_given_bank_instance(bank_manifest: Path) -> None:
     cfg = compose_cai([f"daad.manifest={bank_manifest}"])
     params = dict(cfg.synthesizer.params)
     bank = AnomalyBank.from_manifest(
-        bank_manifest, source_group_of={"alpha": "existing_datasets", "beta": "online_search"}
+        bank_manifest, source_group_of={"dagm": "existing_datasets", "btad": "online_search"}
     )
     params["bank"] = bank
     params.pop("_target_")
     syn = CAISynthesizer(**params)
-    syn.prepare(SynthesisContext("d", "c", False, TARGET, leakage_sources=("beta",)))
-    assert {it.source for it in syn.bank.items} == {"alpha"}
+    syn.prepare(SynthesisContext("d", "c", False, TARGET, leakage_sources=("btad",)))
+    assert {it.source for it in syn.bank.items} == {"dagm"}
 
 
 def test_unprepared_config_bank_is_a_clear_error(bank_manifest: Path) -> None:
@@ -412,3 +417,92 @@ def test_ils_sampler_covers_exactly_the_candidate_set(seed: int, ph: int, pw: in
         return
     picks = {syn._pick(tgt, cand, rng) for _ in range(40 * len(expected))}
     assert picks == expected
+
+
+# ----------------------------------------------------------------------------- PE region / label rule
+def _grown(box: tuple[int, int, int, int], min_side: int = 0, pad: int = 0) -> np.ndarray:
+    """Bool map of ``box`` widened to ``min_side`` per side (as CAI's official window) plus ``pad`` px."""
+    top, left, h, w = box
+    gy, gx = max(0, min_side - h), max(0, min_side - w)
+    region = np.zeros((TARGET, TARGET), bool)
+    y0, x0 = max(0, top - gy // 2 - pad), max(0, left - gx // 2 - pad)
+    region[y0 : top + h + gy - gy // 2 + pad, x0 : left + w + gx - gx // 2 + pad] = True
+    return region
+
+
+@pytest.mark.parametrize("mode", ["cai_n", "cai_m"])
+def test_official_region_edits_and_labels_only_the_patterns_tight_box(bank_manifest: Path, mode: str) -> None:
+    # official code: the source is cropped to the box of mask > 128 and resized, so closing, dilation
+    # and seamlessClone never reach past that box
+    cfg = compose_cai([f"synthesizer={mode}"])
+    assert cfg.synthesizer.params.clone.region == "official"
+    min_side = cfg.synthesizer.params.clone.min_side
+    image = target_image()
+    info = _run(bank_manifest, [f"synthesizer={mode}"], FULL)
+    assert all(i.mask.any() for i in info)
+    for inj in info:
+        box = _grown(inj.box, min_side)
+        assert np.array_equal(inj.image[~box], image[~box]), "PE changed pixels outside the tight box"
+        assert not (inj.mask & ~box).any(), "label outside the tight box"
+
+
+def _replayed(manifest: Path, overrides: list[str], draws) -> list:
+    """``draws`` (Injections of another run) replayed one by one with another configuration."""
+    syn = make_cai(manifest, overrides)
+    index = {it: k for k, it in enumerate(syn.bank.items)}
+    return [
+        syn.replay(target_image(), FULL, index[d.item], d.target_ratio, d.scale, np.random.default_rng(k))
+        for k, d in enumerate(draws)
+    ]
+
+
+def test_context_region_reaches_past_the_box_on_the_same_draws(bank_manifest: Path) -> None:
+    draws = _run(bank_manifest, ["synthesizer=cai_n_context"], FULL)
+    official = _replayed(bank_manifest, [], draws)
+    context = _replayed(bank_manifest, ["synthesizer=cai_n_context"], draws)
+    pairs = [(o, c) for o, c in zip(official, context, strict=True) if o is not None]
+    assert len(pairs) >= 5 and all(c is not None for c in context)
+    for o, c in pairs:
+        assert (o.location, o.box) == (c.location, c.box)
+    outside = [int((c.mask & ~_grown(c.box, 9)).sum()) for _, c in pairs]
+    assert sum(n > 0 for n in outside) >= len(pairs) // 2  # the dilated clone mask and the halo pass the box
+    assert sum(c.mask.sum() for _, c in pairs) > sum(o.mask.sum() for o, _ in pairs)
+
+
+def test_pattern_label_rule_drops_the_halo_and_keeps_the_image(bank_manifest: Path) -> None:
+    image = target_image()
+    for base, tight in (("cai_n_context", ["synthesizer=cai_n_context", "synthesizer.params.label.rule=pattern"]),
+                        ("cai_n", ["synthesizer=cai_n_tight"])):
+        paper = _run(bank_manifest, [f"synthesizer={base}"], FULL)
+        pattern = _run(bank_manifest, tight, FULL)
+        for a, b in zip(paper, pattern, strict=True):
+            assert np.array_equal(a.image, b.image) and a.location == b.location
+            assert b.mask.any() and (b.mask <= a.mask).all()
+            # the clone mask is the pattern's box-clipped mask closed then dilated by 8x8 (<= 4 px out)
+            assert not (b.mask & ~_grown(b.box, pad=4) & ~_grown(b.box, 9)).any()
+            assert np.array_equal(b.image, image) is False
+        assert sum(b.mask.sum() for b in pattern) < sum(a.mask.sum() for a in paper)
+
+
+def test_tight_and_context_configs_are_named_variants() -> None:
+    for name, display, region, rule in (
+        ("cai_n", "CAI-N", "official", "paper"),
+        ("cai_m", "CAI-M", "official", "paper"),
+        ("cai_n_context", "CAI-N (context)", "context", "paper"),
+        ("cai_m_context", "CAI-M (context)", "context", "paper"),
+        ("cai_n_tight", "CAI-N (tight label)", "official", "pattern"),
+        ("cai_m_tight", "CAI-M (tight label)", "official", "pattern"),
+    ):
+        syn = compose_cai([f"synthesizer={name}"]).synthesizer
+        assert (syn.name, syn.display_name) == (name, display)
+        assert (syn.params.clone.region, syn.params.label.rule) == (region, rule)
+        assert syn.params.clone_mode == ("mixed" if name.startswith("cai_m") else "normal")
+
+
+@pytest.mark.parametrize("bad", [{"clone": {"region": "box"}}, {"label": {"rule": "tight"}}])
+def test_unknown_region_or_label_rule_is_a_config_error(bank_manifest: Path, bad: dict) -> None:
+    cfg = compose_cai([f"daad.manifest={bank_manifest}"])
+    params = OmegaConf.merge(cfg.synthesizer.params, bad)
+    with pytest.raises(Exception) as err:  # noqa: PT011 - Hydra wraps the ConfigError
+        instantiate(params)
+    assert isinstance(err.value.__cause__, ConfigError)

@@ -39,9 +39,9 @@ def test_cai_grid_script(tmp_path: Path) -> None:
             overrides=[
                 f"images_dir={tmp_path / 'imgs'}",
                 f"daad.manifest={manifest}",
-                "++daad.source_group_of.alpha=existing_datasets",
-                "++daad.source_group_of.beta=online_search",
-                "leakage_sources=[beta]",
+                "++daad.source_group_of.dagm=existing_datasets",
+                "++daad.source_group_of.btad=online_search",
+                "leakage_sources=[btad]",
                 "image_size=128",
                 "n_images=2",
                 f"out={tmp_path / 'grid.png'}",
@@ -54,3 +54,38 @@ def test_cai_grid_script(tmp_path: Path) -> None:
     spec.loader.exec_module(module)
     out = module.run(cfg)
     assert read_image(out).shape == (5 * 130 + 2, 110 + 2 * 130 + 2, 3)
+
+
+def test_cai_region_stats_script_replays_the_same_draws(tmp_path: Path) -> None:
+    import importlib.util
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from cai.io import write_png
+
+    from .conftest import CONF, REPO, target_image, write_bank
+
+    manifest = write_bank(tmp_path / "bank")
+    for i in range(2):
+        write_png(tmp_path / "imgs" / f"{i}.png", target_image(i))
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("cai_region_stats", overrides=[
+            f"images_dir={tmp_path / 'imgs'}", f"daad.manifest={manifest}",
+            "++daad.source_group_of.dagm=existing_datasets", "++daad.source_group_of.btad=online_search",
+            "leakage_sources=[]", "image_size=128", "n_images=2", "grid_images=2", "cell=64",
+            f"out_dir={tmp_path / 'out'}",
+        ])
+    assert [m.params.clone.region for m in cfg.modes.values()] == ["official", "official", "context", "official"]
+    spec = importlib.util.spec_from_file_location("cai_region_stats", REPO / "scripts" / "cai_region_stats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = module.run(cfg)
+    stats = json.loads((out / "region_stats.json").read_text())
+    modes = stats["modes"]
+    assert sum(stats["draws_per_scale"].values()) == 20
+    for scale in ("large", "medium"):
+        assert modes["cai_n_context"][scale]["labelled"] == modes["cai_n_context"][scale]["n"] > 0  # its own draws
+        assert modes["cai_n_context"][scale]["paired_ratio_to_cai_n"] > 1  # context labels are larger
+        assert modes["cai_n_tight"][scale]["paired_ratio_to_cai_n"] < 1  # the tight label drops the halo
+    assert read_image(out / "region_grid.png").shape == (5 * 66 + 2, 110 + 2 * 66 + 2, 3)
