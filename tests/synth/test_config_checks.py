@@ -23,7 +23,7 @@ SYNTHESIZERS = sorted(p.stem for p in (CONF / "synthesizer").glob("*.yaml"))
 
 
 def _cai_cfg(manifest: Path, overrides: list[str]):
-    groups = {"alpha": "existing_datasets", "beta": "online_search", "target": "existing_datasets"}
+    groups = {"dagm": "existing_datasets", "btad": "online_search", "mvtec": "existing_datasets"}
     return compose_cai([f"daad.manifest={manifest}", *[f"++daad.source_group_of.{k}={v}" for k, v in groups.items()],
                         *overrides])
 
@@ -83,7 +83,7 @@ def test_groups_the_synthesizer_does_not_read_are_refused(tmp_path: Path, overri
     with pytest.raises(ConfigError) as info:
         _check(overrides, tmp_path)
     assert shown in info.value.message
-    assert "cai_m, cai_n" in info.value.message  # which synthesizers do read it
+    assert "(cai_m, cai_m_context, cai_m_tight, cai_n, cai_n_context, cai_n_tight)" in info.value.message  # readers
 
 
 @pytest.mark.parametrize("overrides", [
