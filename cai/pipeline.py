@@ -29,6 +29,7 @@ from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, run_synthesis
 from cai.track import Tracker, manifest_digest, write_run_info
+from cai.validate import check_test_set, validate_job
 from cai.viz import prediction_panel, synthesis_panel
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class PreparedCategory:
     test_images: np.ndarray
     test_masks: np.ndarray
     test_names: list[str]
+    test_labels: np.ndarray | None = None  # image labels from the original-size masks (bool, T)
 
 
 def load_category(cfg: DictConfig) -> CategoryData:
@@ -66,14 +68,15 @@ def prepare_category(cfg: DictConfig, data: CategoryData) -> PreparedCategory:
         img = resize_image(read_image(path), size)
         normals.append(img)
         fgs.append(foreground(img, data.is_texture))
-    images, masks, names = [], [], []
+    images, masks, names, labels = [], [], [], []
     for item in _progress(data.test, "read test images"):
         img = read_image(item.image)
         mask = read_mask(item.mask, img.shape[:2]) if item.mask else np.zeros(img.shape[:2], bool)
         images.append(resize_image(img, size))
         masks.append(resize_mask(mask, size))
+        labels.append(bool(mask.any()))  # from the original mask: resizing must not relabel an image
         names.append(f"{item.defect}/{Path(item.image).name}")
-    return PreparedCategory(data, normals, fgs, np.stack(images), np.stack(masks), names)
+    return PreparedCategory(data, normals, fgs, np.stack(images), np.stack(masks), names, np.array(labels, bool))
 
 
 def _progress(items: Any, desc: str) -> Any:
@@ -134,12 +137,14 @@ def hydra_choices() -> dict[str, str]:
 def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Synthesize → train → evaluate one (dataset, category, synthesizer); return metrics.json's content."""
     run_dir = Path(run_dir)
+    validate_job(cfg, run_dir)
     if (run_dir / "done").is_file():
         log.info("Already finished: %s (delete its 'done' file to run again)", run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
     seed_everything(int(cfg.seed))
     data = load_category(cfg)
     prep = prepare_category(cfg, data)
+    check_test_set(prep.test_labels, Path(data.root) / data.category)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
     write_run_info(run_dir, REPO_ROOT, {
         "train": manifest_digest(data.train, data.root),
@@ -148,7 +153,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "pseudo_cache": str(cache_dir),
     })
     train = TrainSet(_chw(np.stack(prep.normals)), _chw(pseudo), torch.from_numpy(pseudo_masks))
-    test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names)
+    test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names,
+                   torch.from_numpy(prep.test_labels))
 
     tracker = Tracker(run_dir, cfg, cfg.logger)
     exit_code = 1
