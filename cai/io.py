@@ -186,7 +186,11 @@ def _free_bytes(path: Path) -> int:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 2**20:.1f} MB"
+    """A byte count for people: KB below 1 MB, MB below 1 GB, else GB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{max(n, 0) / 2**10:.0f} KB"
 
 
 def storage_error(path: Path, code: int, needed: int | None = None) -> StorageError:

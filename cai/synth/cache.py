@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cai.errors import CaiError
+from cai.errors import CaiError, StorageError
 from cai.io import read_image, read_mask, write_json, write_png, write_text
 from cai.seeding import item_rng
 from cai.synth.base import Synthesizer, check_output
@@ -105,6 +105,30 @@ def _synthesize_one(index: int) -> dict[str, Any]:
     return {"index": index, "records": records}
 
 
+def _disk_full(err: StorageError, job: SynthesisJob, remaining: int) -> StorageError:
+    """``err`` with the space the unfinished images still need (mean size of the PNGs written so far, else
+    the raw pixel size), when it is a full disk; other storage errors pass unchanged."""
+    if "disk is full" not in err.message and "quota" not in err.message:
+        return err
+    written = [p.stat().st_size for p in (job.directory / "images").glob("*.png")]
+    written += [p.stat().st_size for p in (job.directory / "masks").glob("*.png")]
+    h, w = job.normals[0].shape[:2] if len(job.normals) else (0, 0)
+    per_pair = 2 * sum(written) / len(written) if written else h * w * 4
+    need = remaining * job.n_per_image * per_pair
+    lines = err.message.splitlines()
+    file = next((line.split("where:", 1)[1].strip() for line in lines if line.strip().startswith("where:")), None)
+    return StorageError(f"{lines[0]} The pseudo-anomaly cache needs about {_human(need)} more for its {remaining} "
+                        f"unfinished images" + (f" (failed writing {file})." if file else "."),
+                        where=job.directory, fix=err.fix or "Free disk space (or point paths.cache_dir elsewhere) "
+                        "and rerun the same command; finished images are kept.")
+
+
+def _human(n: float) -> str:
+    from cai.io import _mb
+
+    return _mb(n)
+
+
 def _die_with_parent(parent: int) -> None:
     """Worker initializer: end this worker when the main process dies (even by SIGKILL), so no orphaned
     worker holding a copy of the job's memory waits forever. Linux: ``prctl(PR_SET_PDEATHSIG)``; elsewhere a
@@ -156,6 +180,8 @@ def run_synthesis(job: SynthesisJob, workers: int = 1, progress: bool = True) ->
                                          initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
                     for _ in pool.map(_synthesize_one, todo, chunksize=max(1, len(todo) // (8 * workers))):
                         bar.update()
+            except StorageError as err:  # a full disk: say how much the rest of the cache needs
+                raise _disk_full(err, job, len(todo) - bar.n) from err
             except BrokenProcessPool as err:
                 raise CaiError(
                     f"A synthesis worker process died (killed from outside, e.g. by the out-of-memory killer) "
@@ -166,7 +192,10 @@ def run_synthesis(job: SynthesisJob, workers: int = 1, progress: bool = True) ->
                 ) from err
         else:
             for i in todo:
-                _synthesize_one(i)
+                try:
+                    _synthesize_one(i)
+                except StorageError as err:
+                    raise _disk_full(err, job, len(todo) - bar.n) from err
                 bar.update()
         bar.close()
     finally:

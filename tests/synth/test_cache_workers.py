@@ -84,3 +84,27 @@ def test_killed_main_process_leaves_no_worker(tmp_path):
     for w in survivors:  # clean up before failing
         os.kill(w, signal.SIGKILL)
     assert not survivors, f"worker(s) {survivors} outlived the killed main process"
+
+
+def test_full_disk_during_synthesis_names_the_space_needed(tmp_path, monkeypatch):
+    import errno
+
+    from cai import io as cai_io
+    from cai.errors import StorageError
+
+    real_replace, calls = cai_io.os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) > 7:  # the disk fills after a few files
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(cai_io.os, "replace", replace)
+    normals, fgs = _normals()
+    with pytest.raises(StorageError) as info:
+        run_synthesis(SynthesisJob(tmp_path / "c", SquareSynth(), normals, fgs, 2, 0, {"k": 1}), progress=False)
+    message = info.value.message
+    assert "disk is full" in message and "pseudo-anomaly cache needs about" in message
+    assert "unfinished images" in message and str(tmp_path / "c") in message and "rerun" in message
+    assert not list((tmp_path / "c").rglob("*.tmp*"))  # nothing half-written
