@@ -22,7 +22,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cai.errors import CaiError
-from cai.io import write_text
+from cai.io import check_writable, write_text
 from cai.report import failure_reason
 
 log = logging.getLogger(__name__)
@@ -60,11 +60,20 @@ def run_task(task: Callable[[DictConfig, Path], Any], cfg: DictConfig, record_fa
             return None
         if record_failure:
             write_text(run_dir / "failed.txt", user_error.message + "\n")
-        log.error("%s", user_error.message)
         if not multirun:
+            _log_to_files(user_error.message)  # the terminal gets it once, from the print below
             print(f"\nerror: {user_error.message}", file=sys.stderr)
             sys.exit(2)
+        log.error("%s", user_error.message)
     return None
+
+
+def _log_to_files(message: str) -> None:
+    """Record an error in the run's log files (run.log) only, not on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, "%s", (message,), None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def run_tool(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -105,3 +114,34 @@ class FailedJobsCallback(Callback):
         print(f"\nerror: {message}", file=sys.stderr)
         sys.exit(self.exit_code)
 
+
+class CheckWritableDirs(Callback):
+    """Hydra callback (conf/config.yaml): a run or sweep dir that cannot be created or written stops with
+    one message before Hydra itself tries (which fails with a stack trace)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_output_dir(config, "hydra.sweep.dir")
+
+
+def _check_output_dir(config: DictConfig, key: str) -> None:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        folder = Path(str(OmegaConf.select(config, key, throw_on_missing=True))).absolute()
+    except OmegaConfBaseException:
+        return  # resolved later by Hydra (e.g. needs the job's runtime): nothing to check yet
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise CaiError("The run dir's parent is a file, not a folder.", where=existing,
+                           fix=f"Point {key} elsewhere.")
+        check_writable(existing, f"run dir's folder ({key})")
+    except CaiError as err:
+        print(f"\nerror: {err.message}", file=sys.stderr)
+        sys.exit(2)

@@ -35,3 +35,7 @@ class MissingFileError(CaiError):
 
 class ConfigError(CaiError):
     """A configuration value is invalid or inconsistent."""
+
+
+class StorageError(CaiError):
+    """A file cannot be written: the disk is full, or the folder is read-only or not permitted."""

@@ -7,8 +7,11 @@ are renamed into place, so an interrupted run never leaves a half-written file b
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from cai.errors import DatasetError
+from cai.errors import DatasetError, StorageError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -106,25 +109,145 @@ def resize_image(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC)
 
 
+MASK_MIN_COVERAGE = 0.5  # a resized pixel is anomalous when at least half of its area was (majority rule)
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix: the fraction of each output pixel's extent that each input pixel covers."""
+    edges_out = np.arange(n_out + 1) * (n_in / n_out)
+    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
+    hi = np.minimum(edges_out[1:, None], np.arange(1, n_in + 1)[None, :])
+    return (np.clip(hi - lo, 0.0, None) * (n_out / n_in)).astype(np.float32)
+
+
+def mask_coverage(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The fraction of each output pixel's area that ``mask`` covers after resizing to ``size`` (H, W)."""
+    h, w = size
+    rows, cols = _area_weights(mask.shape[0], h), _area_weights(mask.shape[1], w)
+    return rows @ mask.astype(np.float32) @ cols.T
+
+
 def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resize a bool mask with nearest-neighbour interpolation."""
+    """Resize a bool mask so that every defect survives: the one rule for test sets, banks and synthesizers.
+
+    A pixel is anomalous when the anomalous area covers at least ``MASK_MIN_COVERAGE`` of it (exact
+    area weights, up- or down-scaling). A connected defect (8-connectivity) that would then vanish, such
+    as a 1-px scratch shrunk 4x, keeps every pixel it touches, so no anomalous image turns normal and
+    thin defects stay lines instead of dotted remnants.
+    """
     h, w = (size, size) if isinstance(size, int) else size
+    mask = mask.astype(bool, copy=False)
     if mask.shape[:2] == (h, w):
         return mask
-    return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    out = mask_coverage(mask, (h, w)) >= MASK_MIN_COVERAGE - 1e-6
+    if not mask.any():
+        return out
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    rows, cols = _area_weights(mask.shape[0], h), _area_weights(mask.shape[1], w)
+    for c in range(1, n):
+        x, y, bw, bh = stats[c, :4]
+        part = (labels[y : y + bh, x : x + bw] == c).astype(np.float32)
+        r, k = rows[:, y : y + bh], cols[:, x : x + bw]
+        r_used, k_used = r.any(axis=1), k.any(axis=1)
+        cov = r[r_used] @ part @ k[k_used].T
+        if (cov >= MASK_MIN_COVERAGE - 1e-6).any():
+            continue
+        out[np.ix_(r_used, k_used)] |= cov > 0
+    return out
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
+_STORAGE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                   errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+                   errno.EROFS: "the file system is read-only"}
+
+
+def _storage_errno(err: BaseException) -> int | None:
+    """The storage errno behind ``err`` (torch.save wraps OSError in RuntimeError), else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+            return err.errno
+        if isinstance(err, RuntimeError) and hasattr(err, "cai_path"):  # torch.save's opaque writer errors
+            return errno.ENOSPC if _free_bytes(err.cai_path) < max(1 << 20, getattr(err, "cai_need", 0)) else None
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the file system holding ``path`` (its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
     try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def _mb(n: float) -> str:
+    """A byte count for people: KB below 1 MB, MB below 1 GB, else GB."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{max(n, 0) / 2**10:.0f} KB"
+
+
+def storage_error(path: Path, code: int, needed: int | None = None) -> StorageError:
+    """One message for a write that failed because of the disk or permissions, naming the path."""
+    path = Path(path)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        need = f" This file needs about {_mb(needed)};" if needed else ""
+        return StorageError(
+            f"Cannot write: {_STORAGE_ERRNOS[code]}.{need} {_mb(_free_bytes(path))} free there.",
+            where=path, fix="Free disk space (or point paths.cache_dir / hydra.run.dir elsewhere) and rerun the "
+                            "same command; finished work is kept.")
+    return StorageError(
+        f"Cannot write: {_STORAGE_ERRNOS[code]}.", where=path,
+        fix="Make the folder writable, or point paths.cache_dir / hydra.run.dir / hydra.sweep.dir to a writable "
+            "place.")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """Create ``folder`` if needed and write/delete a probe file there; a failure is one clear StorageError."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
+            Path(probe).unlink(missing_ok=True)
+    except OSError as err:
+        if err.errno not in _STORAGE_ERRNOS:
+            raise
+        e = storage_error(folder, err.errno)
+        raise StorageError(f"The {what} is not writable: {_STORAGE_ERRNOS[err.errno]}.", where=folder,
+                           fix=e.fix) from err
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None], size_hint: int | None = None) -> None:
+    """Write via a temporary file in the same folder, then rename; a disk/permission failure leaves no
+    temporary file and becomes a :class:`StorageError` naming ``path`` (``size_hint``: bytes it needs)."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as err:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, RuntimeError):
+            err.cai_path, err.cai_need = path, size_hint or 0  # type: ignore[attr-defined]
+        code = _storage_errno(err) if isinstance(err, Exception) else None
+        if code is None:
+            raise
+        raise storage_error(path, code, needed=size_hint) from err
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
@@ -142,19 +265,34 @@ def write_png(path: str | Path, array: np.ndarray) -> None:
             raise OSError(f"PNG encoding failed for {path}")
         tmp.write_bytes(buf.tobytes())
 
-    _atomic_write(Path(path), write)
+    _atomic_write(Path(path), write, size_hint=out.nbytes)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor inside a (nested) checkpoint object: what ``torch.save`` will write."""
+    if hasattr(obj, "element_size") and hasattr(obj, "nelement"):
+        return int(obj.element_size() * obj.nelement())
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
     """Atomically ``torch.save`` a checkpoint (torch is imported only when used)."""
     import torch
 
-    _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # Python file writes raise OSError(ENOSPC) where torch's own would not
+            torch.save(obj, f)
+
+    _atomic_write(Path(path), write, size_hint=_tensor_bytes(obj) or None)
 
 
 def write_text(path: str | Path, text: str) -> None:
     """Atomically write a text file."""
-    _atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+    _atomic_write(Path(path), lambda tmp: tmp.write_text(text), size_hint=len(text.encode()))
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -33,6 +33,7 @@ from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
 from cai.synth.groups import check_synthesizer_groups
 from cai.track import Tracker, manifest_digest, write_run_info
+from cai.validate import check_test_set, validate_job
 from cai.viz import prediction_panel, synthesis_panel
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class PreparedCategory:
     test_images: np.ndarray
     test_masks: np.ndarray
     test_names: list[str]
+    test_labels: np.ndarray | None = None  # image labels from the original-size masks (bool, T)
 
 
 def load_category(cfg: DictConfig) -> CategoryData:
@@ -74,14 +76,15 @@ def prepare_category(cfg: DictConfig, data: CategoryData) -> PreparedCategory:
         img = resize_image(read_image(path), size)
         normals.append(img)
         fgs.append(foreground(img, data.is_texture))
-    images, masks, names = [], [], []
+    images, masks, names, labels = [], [], [], []
     for item in _progress(data.test, "read test images"):
         img = read_image(item.image)
         mask = read_mask(item.mask, img.shape[:2]) if item.mask else np.zeros(img.shape[:2], bool)
         images.append(resize_image(img, size))
         masks.append(resize_mask(mask, size))
+        labels.append(bool(mask.any()))  # from the original mask: resizing must not relabel an image
         names.append(f"{item.defect}/{Path(item.image).name}")
-    return PreparedCategory(data, normals, fgs, np.stack(images), np.stack(masks), names)
+    return PreparedCategory(data, normals, fgs, np.stack(images), np.stack(masks), names, np.array(labels, bool))
 
 
 def _progress(items: Any, desc: str) -> Any:
@@ -153,6 +156,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     One process at a time owns the run dir (a second identical run waits, then finds it finished), and a
     dir started with another resolved config (``resolved_config.yaml``) stops with a ConfigError."""
     run_dir = Path(run_dir)
+    validate_job(cfg, run_dir)  # bad values stop here, before any work
     check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf")  # before any work
     with RunDirLock(run_dir):
         return _run_job(cfg, run_dir)
@@ -169,6 +173,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     data = load_category(cfg)
     prep = prepare_category(cfg, data)
+    check_test_set(prep.test_labels, Path(data.root) / data.category)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
     record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {
@@ -182,7 +187,8 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.detector.selection == "val":  # held-out normals + their pseudo anomalies choose the epoch
         held_out = holdout_indices(len(prep.normals), float(cfg.detector.val_fraction), int(cfg.seed))
         train, val = split_train_val(train, normal_index, held_out)
-    test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names)
+    test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names,
+                   torch.from_numpy(prep.test_labels))
 
     tracker = Tracker(run_dir, cfg, cfg.logger)
     exit_code = 1

@@ -71,11 +71,13 @@ class TrainSet:
 
 @dataclass
 class EvalSet:
-    """Real test images uint8 (T, 3, H, W), bool masks (T, H, W) and their names."""
+    """Real test images uint8 (T, 3, H, W), bool masks (T, H, W), their names and image labels (bool T,
+    taken from the original-size masks; None: a mask with an anomalous pixel)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     names: list[str]
+    labels: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -175,7 +177,7 @@ class DetectorTrainer:
     def evaluate(self, model: torch.nn.Module, test: EvalSet) -> tuple[dict, torch.Tensor]:
         maps = self.predict(model, test.images)
         metrics = AnomalyMetrics(fpr_limit=float(self.cfg.pro_fpr_limit), image_pool=int(self.cfg.image_score_pool))
-        metrics.update(maps, test.masks)
+        metrics.update(maps, test.masks, labels=test.labels)
         return metrics.compute(), maps
 
     # -- training ------------------------------------------------------------------------------

@@ -478,8 +478,8 @@ class AnomalyMetrics:
     ``update`` copies each batch to the CPU as float32 maps and bool masks (exact: nothing is quantised);
     ``compute`` ranks all pixels once and returns ``pixel_auroc``, ``pixel_ap``, ``pro`` (up to
     ``fpr_limit``) and ``image_auroc`` (image score: :func:`image_scores` with ``image_pool``; image
-    label: the mask has an anomalous pixel). ``device``: "cpu" ranks with NumPy, a CUDA device with
-    torch on it. Batches may differ in image size.
+    label: the one given to ``update``, else the mask has an anomalous pixel). ``device``: "cpu" ranks
+    with NumPy, a CUDA device with torch on it. Batches may differ in image size.
     """
 
     def __init__(self, fpr_limit: float = 0.3, image_pool: int = 21, device: str | torch.device = "cpu"):
@@ -493,13 +493,23 @@ class AnomalyMetrics:
     def reset(self) -> None:
         self._maps: list[torch.Tensor] = []
         self._masks: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
 
-    def update(self, anomaly_maps: ArrayLike, masks: ArrayLike) -> None:
-        """Add a batch: maps (B, H, W) or (B, 1, H, W), masks of the same shape."""
+    def update(self, anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike | None = None) -> None:
+        """Add a batch: maps (B, H, W) or (B, 1, H, W), masks of the same shape, optional image labels
+        (B,) (e.g. from the original-size masks, so a defect lost in resizing still counts); default:
+        the mask has an anomalous pixel."""
         maps = _as_maps(anomaly_maps)
         mask = _as_masks(masks, maps.shape)
+        if labels is None:
+            label = mask.reshape(len(mask), -1).any(axis=1)
+        else:
+            label = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=bool).reshape(-1)
+            if len(label) != len(mask):
+                raise ValueError(f"{len(label)} image labels for {len(mask)} masks")
         self._maps.append(maps.to(device="cpu", dtype=torch.float32, copy=True))
         self._masks.append(mask.copy())
+        self._labels.append(label)
 
     def compute(self, backend: Backend = "auto") -> dict[str, float]:
         """The four metrics over everything added since the last reset (``backend`` as in pro_score)."""
@@ -510,7 +520,7 @@ class AnomalyMetrics:
         scores = _flatten(ops, self._maps, self.device)
         ranking = _rank(ops, scores, ops.array(labels, like=scores), counts, with_overlap=True)
         img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) for m in self._maps])
-        img_labels = np.concatenate([k.any(axis=(1, 2)) for k in self._masks])
+        img_labels = np.concatenate(self._labels)
         return {
             "pixel_auroc": _auroc_from_ranking(ranking),
             "pixel_ap": _ap_from_ranking(ranking),

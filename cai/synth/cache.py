@@ -25,12 +25,19 @@ it took beyond the first (``redrawn``); ``stats.json`` sums them up for the run'
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
 import multiprocessing as mp
+import os
+import signal
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from cai.errors import CaiError
+from cai.errors import CaiError, StorageError
 from cai.io import read_image, read_mask, write_json, write_png, write_text
 from cai.runid import RunDirLock
 from cai.seeding import item_rng
@@ -139,6 +146,52 @@ def _synthesize_one(index: int) -> dict[str, Any]:
     return {"index": index, "records": records}
 
 
+def _disk_full(err: StorageError, job: SynthesisJob, remaining: int) -> StorageError:
+    """``err`` with the space the unfinished images still need (mean size of the PNGs written so far, else
+    the raw pixel size), when it is a full disk; other storage errors pass unchanged."""
+    if "disk is full" not in err.message and "quota" not in err.message:
+        return err
+    written = [p.stat().st_size for p in (job.directory / "images").glob("*.png")]
+    written += [p.stat().st_size for p in (job.directory / "masks").glob("*.png")]
+    h, w = job.normals[0].shape[:2] if len(job.normals) else (0, 0)
+    per_pair = 2 * sum(written) / len(written) if written else h * w * 4
+    need = remaining * job.n_per_image * per_pair
+    lines = err.message.splitlines()
+    file = next((line.split("where:", 1)[1].strip() for line in lines if line.strip().startswith("where:")), None)
+    return StorageError(f"{lines[0]} The pseudo-anomaly cache needs about {_human(need)} more for its {remaining} "
+                        f"unfinished images" + (f" (failed writing {file})." if file else "."),
+                        where=job.directory, fix=err.fix or "Free disk space (or point paths.cache_dir elsewhere) "
+                        "and rerun the same command; finished images are kept.")
+
+
+def _human(n: float) -> str:
+    from cai.io import _mb
+
+    return _mb(n)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the main process dies (even by SIGKILL), so no orphaned
+    worker holding a copy of the job's memory waits forever. Linux: ``prctl(PR_SET_PDEATHSIG)``; elsewhere a
+    daemon thread that polls the parent's pid."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
 def read_manifest(directory: Path) -> list[PseudoRecord]:
     lines = (directory / "manifest.jsonl").read_text().splitlines()
     return [PseudoRecord(**json.loads(line)) for line in lines if line.strip()]
@@ -202,12 +255,27 @@ def _run_synthesis_locked(job: SynthesisJob, workers: int, progress: bool) -> li
     try:
         bar = tqdm(total=len(todo), desc=f"synthesize {d.name}", disable=not progress or None, leave=False)
         if workers > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-                for _ in pool.map(_synthesize_one, todo, chunksize=max(1, len(todo) // (8 * workers))):
-                    bar.update()
+            try:
+                with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"),
+                                         initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+                    for _ in pool.map(_synthesize_one, todo, chunksize=max(1, len(todo) // (8 * workers))):
+                        bar.update()
+            except StorageError as err:  # a full disk: say how much the rest of the cache needs
+                raise _disk_full(err, job, len(todo) - bar.n) from err
+            except BrokenProcessPool as err:
+                raise CaiError(
+                    f"A synthesis worker process died (killed from outside, e.g. by the out-of-memory killer) "
+                    f"after {bar.n} of {len(todo)} images.",
+                    where=d,
+                    fix=f"Rerun the same command: the finished images are kept and synthesis resumes. If memory "
+                        f"is short, use fewer processes (synthesis.workers={max(1, workers // 2)}).",
+                ) from err
         else:
             for i in todo:
-                _synthesize_one(i)
+                try:
+                    _synthesize_one(i)
+                except StorageError as err:
+                    raise _disk_full(err, job, len(todo) - bar.n) from err
                 bar.update()
         bar.close()
     finally:
@@ -235,8 +303,6 @@ def load_pseudo(directory: Path, records: Sequence[PseudoRecord]) -> tuple[np.nd
 def default_workers(requested: int | str) -> int:
     """``auto`` → every core this process may use; an int is taken as given (at least 1)."""
     if requested == "auto":
-        import os
-
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, int(requested))
 

@@ -34,7 +34,18 @@ def compose(name: str, tmp_path: Path, shared: Path | None = None):
 
 
 def test_every_dataset_yaml_is_tested() -> None:
-    assert {p.stem for p in CONF.glob("*.yaml")} == set(EXPECTED)
+    assert {p.stem for p in CONF.glob("*.yaml")} == set(EXPECTED) | {"folder"}
+
+
+def test_folder_yaml_reads_your_own_mvtec_layout(tmp_path: Path) -> None:
+    """README's `dataset=folder dataset.reader.root=...`: categories are found on disk; root is required."""
+    cfg = compose("folder", tmp_path)
+    assert OmegaConf.is_missing(cfg.dataset.reader, "root")
+    make_mvtec(tmp_path / "mine", categories=("bottle", "carpet"))
+    cfg.dataset.reader.root = str(tmp_path / "mine")
+    reader = hydra.utils.instantiate(cfg.dataset.reader)
+    assert type(reader) is FolderReader and reader.categories() == ["bottle", "carpet"]
+    assert len(reader.load("bottle").anomalies) > 0
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -69,7 +80,7 @@ def test_visa_yaml_root_loads_a_tree(tmp_path: Path) -> None:
 
 def test_ksdd2_yaml_root_loads_a_tree(tmp_path: Path) -> None:
     cfg = compose("ksdd2", tmp_path)
-    make_ksdd2(tmp_path / "data" / "KolektorSDD2")
+    make_ksdd2(tmp_path / "data" / "ksdd2")
     data = hydra.utils.instantiate(cfg.dataset.reader).load("ksdd2")
     assert data.is_texture and len(data.train) == 3
 

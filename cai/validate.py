@@ -1,0 +1,193 @@
+"""Up-front checks of a run's config and storage, so a bad setting stops with one clear message
+before any synthesis or training time is spent (instead of a traceback, or an error an hour later).
+
+``validate_job(cfg, run_dir)`` is called first thing by :func:`cai.pipeline.run_job`;
+``check_test_set`` after the test set is read (a test set with nothing to measure stops there).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from cai.errors import ConfigError, DatasetError
+from cai.io import check_writable
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def validate_job(cfg: DictConfig, run_dir: str | Path) -> None:
+    """Every check that needs no data: overrides, detector settings, image size, device, storage."""
+    check_overrides(cfg)
+    check_required(cfg)
+    check_detector(cfg)
+    check_image_size(cfg)
+    from cai.detect.trainer import resolve_device
+
+    resolve_device(str(cfg.device))
+    check_writable(run_dir, "run dir")
+    check_writable(Path(str(cfg.paths.cache_dir)), "cache dir (paths.cache_dir)")
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Settings marked ``???`` in conf/ (e.g. ``dataset.reader.root`` of ``dataset=folder``) must be given."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
+    if missing:
+        raise ConfigError(f"Required setting(s) not given: {', '.join(missing)}.", where=missing[0],
+                          fix=" ".join(f"{k}=..." for k in missing) + " on the command line.")
+
+
+def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    value = OmegaConf.select(cfg, key)
+    try:
+        number = int(value)
+        ok = number == float(value) and number >= minimum
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"{key} must be a whole number >= {minimum}, got {value!r}.",
+                          where=key, fix=f"Pass e.g. {key}={max(minimum, 1)} or leave it at its default.")
+    return number
+
+
+def check_detector(cfg: DictConfig) -> None:
+    """Epochs, batch sizes and samples per epoch are positive whole numbers."""
+    for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch"):
+        _positive_int(cfg, key)
+    fraction = OmegaConf.select(cfg, "detector.anomaly_fraction")
+    if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
+        raise ConfigError(f"detector.anomaly_fraction must be in [0, 1], got {fraction!r}.",
+                          where="detector.anomaly_fraction", fix="Pass e.g. detector.anomaly_fraction=0.5.")
+
+
+def min_image_size(cfg: DictConfig) -> int:
+    """The detector's size quantum: its input is halved ``levels - 1`` times (DiscriminativeUNet: 32)."""
+    from hydra.utils import get_class
+
+    target = OmegaConf.select(cfg, "detector.model._target_")
+    levels = getattr(get_class(target), "levels", 1) if target else 1
+    return 2 ** (int(levels) - 1)
+
+
+def check_image_size(cfg: DictConfig) -> None:
+    """``dataset.image_size`` is a positive multiple of what the detector's down-sampling needs."""
+    size = _positive_int(cfg, "dataset.image_size")
+    quantum = min_image_size(cfg)
+    if size % quantum:
+        lower, upper = max(quantum, size // quantum * quantum), (size // quantum + 1) * quantum
+        raise ConfigError(
+            f"dataset.image_size={size} cannot go through the detector: it halves the image "
+            f"{quantum.bit_length() - 1} times, so the size must be a multiple of {quantum}.",
+            where="dataset.image_size",
+            fix=f"Use dataset.image_size={lower} or {upper} (the paper uses 256).")
+
+
+# -- overrides --------------------------------------------------------------------------------------------
+def _task_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
+def _groups() -> list[str]:
+    """Config groups of conf/ (folders), e.g. synthesizer, dataset, detector."""
+    return sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def _is_group(key: str) -> bool:
+    return (CONF_DIR / key.replace(".", "/")).is_dir()
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return close[0] if close else ""
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    """The primary config composed with ``overrides`` (inside the running Hydra app or standalone)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    name = HydraConfig.get().job.config_name if HydraConfig.initialized() else "config"
+    if GlobalHydra.instance().is_initialized():
+        return compose(name, overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(name, overrides=overrides)
+
+
+def check_overrides(cfg: DictConfig) -> None:
+    """A scalar given where the config holds a group or mapping (``synthesis=cai_n`` for
+    ``synthesizer=cai_n``), and keys added with ``+`` that the config does not have (``+detector.epoch=5``),
+    are refused: nothing would read them, so the run would silently use other settings."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    raw = _task_overrides()
+    if not raw:
+        return
+    parsed = OverridesParser.create().parse_overrides(raw)
+    for o in parsed:
+        key = o.key_or_group
+        if o.is_delete() or key.startswith("hydra") or o.package is not None:
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if o.is_add() or o.is_force_add() or _is_group(key) or isinstance(value, DictConfig):
+            continue
+        if not isinstance(o.value(), (dict, list)) and _expects_mapping(key):
+            guess = _suggest(key, _groups())
+            fix = f"Did you mean {guess}={o.value()}?" if guess else f"Set a key inside it, e.g. {key}.<name>=..."
+            raise ConfigError(f"{key} is a group of settings, not a single value ({o.input_line!r}).",
+                              where=o.input_line, fix=fix)
+    added = [o for o in parsed if (o.is_add() or o.is_force_add()) and not o.key_or_group.startswith("hydra")
+             and not _is_group(o.key_or_group)]
+    if not added:
+        return
+    base = _compose([s for s, o in zip(raw, parsed, strict=True) if not any(o is a for a in added)])
+    for o in added:
+        key = o.key_or_group
+        if OmegaConf.select(base, key, default=_MISSING) is not _MISSING:
+            continue
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(base, parent) if parent else base
+        siblings = list(node.keys()) if isinstance(node, DictConfig) else []
+        guess = _suggest(leaf, [str(s) for s in siblings])
+        fix = (f"Did you mean {(parent + '.' if parent else '')}{guess}={o.value()} (without '+')?" if guess
+               else "Remove it, or check the key's spelling with `python scripts/run.py --cfg job`.")
+        raise ConfigError(f"Unknown setting {key} (added with '+'): nothing reads it.", where=o.input_line,
+                          fix=fix)
+
+
+_MISSING: Any = object()
+
+
+@functools.cache
+def _defaults() -> DictConfig:
+    return _compose([])
+
+
+def _expects_mapping(key: str) -> bool:
+    """Whether ``key`` is a mapping in the primary config composed without any override."""
+    return isinstance(OmegaConf.select(_defaults(), key, default=None), DictConfig)
+
+
+# -- test set -----------------------------------------------------------------------------------------------
+def check_test_set(labels: np.ndarray, where: str | Path) -> None:
+    """A test set must hold anomalous images (a non-empty ground-truth mask): otherwise every metric is NaN."""
+    labels = np.asarray(labels, bool)
+    if len(labels) == 0:
+        raise DatasetError("The test set is empty: there is nothing to evaluate.", where=where,
+                           fix="Add test images (anomalous ones with masks, and normal ones).")
+    if not labels.any():
+        raise DatasetError(
+            f"The test set has no anomalous image with a non-empty mask ({len(labels)} images, all normal "
+            "or with empty masks): pixel AUROC / AP / PRO and image AUROC cannot be measured.",
+            where=where,
+            fix="Add anomalous test images with their ground-truth masks (non-zero pixels mark the defect).")

@@ -1,0 +1,121 @@
+"""Masks are resized so that thin defects survive, and image labels come from the original masks (#11)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cai.detect.trainer import DetectorTrainer, EvalSet
+from cai.io import mask_coverage, resize_mask, write_png
+from cai.metrics import AnomalyMetrics
+
+
+def _lines(shape: tuple[int, int], n: int, seed: int):
+    """1-px horizontal and vertical segments at random places (the KSDD2 case: 1-px-high scratches)."""
+    rng = np.random.default_rng(seed)
+    for k in range(n):
+        m = np.zeros(shape, bool)
+        if k % 2:
+            r, c = rng.integers(0, shape[0]), rng.integers(0, shape[1] // 2)
+            m[r, c : c + rng.integers(8, shape[1] // 2)] = True
+        else:
+            c, r = rng.integers(0, shape[1]), rng.integers(0, shape[0] // 2)
+            m[r : r + rng.integers(8, shape[0] // 2), c] = True
+        yield m
+
+
+@pytest.mark.parametrize("shape", [(1024, 1024), (230, 630), (630, 230)])
+def test_every_one_pixel_line_survives(shape):
+    for mask in _lines(shape, 60, seed=shape[1]):
+        out = resize_mask(mask, 256)
+        assert out.shape == (256, 256) and out.any()
+        # It stays a line, not a dot: its length in output pixels follows the scale.
+        rows, cols = np.nonzero(mask)
+        extent = max((np.ptp(rows) + 1) * 256 / shape[0], (np.ptp(cols) + 1) * 256 / shape[1])
+        r2, c2 = np.nonzero(out)
+        assert max(np.ptp(r2), np.ptp(c2)) + 1 >= extent - 2  # the majority rule may trim partial end pixels
+
+
+def test_large_regions_follow_the_majority_rule():
+    mask = np.zeros((1024, 1024), bool)
+    mask[100:300, 101:301] = True  # 200 px = 50 output px; a 1-px offset does not grow it
+    out = resize_mask(mask, 256)
+    assert out.sum() == 50 * 50
+    assert np.array_equal(resize_mask(mask[::4, ::4], 1024), np.kron(mask[::4, ::4], np.ones((4, 4), bool)))
+    cov = mask_coverage(mask, (256, 256))
+    assert cov.max() == pytest.approx(1.0) and cov.sum() == pytest.approx(mask.sum() / 16)
+
+
+def test_empty_and_same_size_masks():
+    assert not resize_mask(np.zeros((100, 300), bool), 256).any()
+    m = np.eye(64, dtype=bool)
+    assert resize_mask(m, 64) is m or np.array_equal(resize_mask(m, 64), m)
+
+
+def test_image_label_comes_from_the_given_labels():
+    """A defect lost to resizing must not turn its image into a normal one: labels may be given."""
+    maps = torch.rand(4, 32, 32)
+    masks = torch.zeros(4, 32, 32, dtype=torch.bool)
+    masks[0, 3:6, 3:6] = True
+    labels = torch.tensor([True, True, False, False])  # image 1's defect vanished from its small mask
+    m = AnomalyMetrics()
+    m.update(maps, masks, labels=labels)
+    maps_scores = m.compute()
+    default = AnomalyMetrics()
+    default.update(maps, masks)
+    assert np.array_equal(np.concatenate(m._labels), labels.numpy())
+    assert np.array_equal(np.concatenate(default._labels), [True, False, False, False])
+    assert maps_scores["pixel_auroc"] == default.compute()["pixel_auroc"]
+    with pytest.raises(ValueError):
+        AnomalyMetrics().update(maps, masks, labels=labels[:2])
+
+
+def test_pipeline_labels_test_images_from_their_original_masks(tmp_path):
+    """prepare_category: a 1-px defect in a 1024-px image keeps its image label and its resized mask."""
+    from omegaconf import OmegaConf
+
+    from cai.data.types import CategoryData, TestItem
+    from cai.pipeline import prepare_category
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (1024, 1024, 3), dtype=np.uint8)
+    mask = np.zeros((1024, 1024), bool)
+    mask[501, 100:900] = True  # a 1-px scratch: nearest-neighbour sampling at 4x misses row 501
+    write_png(tmp_path / "train.png", img)
+    write_png(tmp_path / "bad.png", img)
+    write_png(tmp_path / "bad_mask.png", mask)
+    write_png(tmp_path / "good.png", img)
+    data = CategoryData("d", "c", tmp_path, True, (tmp_path / "train.png",),
+                        (TestItem(tmp_path / "good.png", "good"),
+                         TestItem(tmp_path / "bad.png", "scratch", tmp_path / "bad_mask.png")))
+    cfg = OmegaConf.create({"dataset": {"image_size": 256},
+                            "foreground": {"_target_": "cai.foreground.FullForeground"}})
+    prep = prepare_category(cfg, data)
+    assert prep.test_labels.tolist() == [False, True]
+    assert prep.test_masks[1].sum() >= 200 and not prep.test_masks[0].any()
+
+
+def test_trainer_evaluates_with_the_eval_set_labels(tmp_path, monkeypatch):
+    seen = {}
+
+    def spy(self, maps, masks, labels=None):
+        seen["labels"] = labels
+
+    monkeypatch.setattr(AnomalyMetrics, "update", spy)
+    monkeypatch.setattr(AnomalyMetrics, "compute", lambda self, backend="auto": {})
+    cfg = _detector_cfg()
+    trainer = DetectorTrainer(cfg, lambda: torch.nn.Conv2d(3, 2, 1), tmp_path, torch.device("cpu"), 0)
+    labels = torch.tensor([True, False])
+    trainer.evaluate(torch.nn.Conv2d(3, 2, 1), EvalSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+                                                        torch.zeros(2, 8, 8, dtype=torch.bool), ["a", "b"], labels))
+    assert seen["labels"] is labels
+
+
+def _detector_cfg():
+    """A tiny detector config for the trainer's evaluate()."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"loss": {"gamma": 2.0, "alpha": 1.0, "smooth": 1e-5}, "selection": "best",
+                             "eval_batch_size": 2, "pro_fpr_limit": 0.3, "image_score_pool": 3, "amp": False,
+                             "channels_last": False})
