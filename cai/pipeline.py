@@ -156,8 +156,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     One process at a time owns the run dir (a second identical run waits, then finds it finished), and a
     dir started with another resolved config (``resolved_config.yaml``) stops with a ConfigError."""
     run_dir = Path(run_dir)
-    validate_job(cfg, run_dir)  # bad values stop here, before any work
-    check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf")  # before any work
+    check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf")  # config-only checks first ...
+    validate_job(cfg, run_dir)  # ... then values, device and writable dirs: all before any work
     with RunDirLock(run_dir):
         return _run_job(cfg, run_dir)
 

@@ -33,7 +33,7 @@ def synthesizer_configs(cfg: DictConfig) -> list[DictConfig]:
             for name in cfg.label_fidelity.synthesizers]
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name=CONFIG)
+@hydra.main(version_base="1.3", config_path="../conf", config_name="label_fidelity")
 def main(cfg: DictConfig) -> None:
     result = run_tool(lambda c: run(c, lambda: synthesizer_configs(c)), cfg)
     print(Path(str(cfg.label_fidelity.output_md)).read_text() if result else "")
