@@ -173,6 +173,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "metrics": {k: selected[k] for k in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")},
             "n_train_normal": len(prep.normals), "n_pseudo": len(pseudo), "n_test": len(prep.test_images),
             "device": str(device), "seed": int(cfg.seed), "choices": hydra_choices(),
+            "budget": hydra_choices().get("budget", "paper"),
         }
         write_json(run_dir / "metrics.json", metrics)
         tracker.summary(metrics["metrics"])
