@@ -4,9 +4,10 @@
 
 It takes the BSData pitting crops of a DAAD-style folder bank (``<src>/manifest.csv`` rows with
 ``source == bsdata``), keeps at most one crop per source image, takes ``--max-items`` of those evenly spaced
-over the name-sorted list (deterministic, and spread over BSData's wear sequences), downsizes each crop to ``--size`` px (image: area interpolation;
-mask: area, then > 0.5), drops crops whose mask then covers less than ``--min-area`` of the image, and
-writes ``pits/<name>.png`` + ``pits/<name>_mask.png`` and a ``manifest.csv`` in the DAAD manifest format.
+over the name-sorted list (deterministic, and spread over BSData's wear sequences), downsizes each crop
+to ``--size`` px (image: area interpolation; mask: area, then > 0.5), drops crops whose mask then covers
+less than ``--min-area`` of the image, and writes ``pits/<name>.png`` + ``pits/<name>_mask.png`` and a
+``manifest.csv`` in the DAAD manifest format.
 BSData is CC BY-SA 4.0, so the copies stay under that licence (see ``ATTRIBUTION.md`` beside them).
 """
 
