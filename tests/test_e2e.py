@@ -33,6 +33,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["display_name"] == "CutPaste" and metrics["n_pseudo"] == 12 and metrics["n_test"] == 6
+    assert metrics["budget"] == "paper"  # the budget group's choice (its sizes overridden on the command line)
     for key in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
         assert 0.0 <= metrics["metrics"][key] <= 1.0
     for name in ("done", "samples.png", "synthesis.png", "history.jsonl", "run_info.json", ".hydra/config.yaml",
