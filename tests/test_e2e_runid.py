@@ -85,3 +85,24 @@ def test_two_identical_runs_started_together_train_once(tmp_path):
     # It normally arrived while the first was training: it waited, told which dir and which PID held it.
     waited = [o for o in outs if "in use by PID" in o]
     assert all(str(run) in o and f"PID {procs[1 - outs.index(o)].pid}" in o for o in waited)
+
+
+@pytest.mark.slow
+def test_finished_run_dir_is_not_reused_for_other_images(tmp_path):
+    """Locations are not in the run dir's hash (``paths.data_dir=/a`` and ``/b`` share it), so a finished dir
+    must check the images themselves before it says "Already finished"."""
+    import numpy as np
+
+    from cai.io import write_png
+
+    logs = tmp_path / "logs"
+    first = _run([*TINY1, f"paths.log_dir={logs}"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (run_dir,) = (logs / "run/demo/coin/cutpaste").iterdir()
+    before = _snapshot(run_dir)
+    train_image = sorted((tmp_path / "cache" / "demo_data" / "coin" / "train" / "good").glob("*.png"))[0]
+    write_png(train_image, np.full((64, 64, 3), 128, np.uint8))  # another image under the same name
+    again = _run([*TINY1, f"paths.log_dir={logs}"], tmp_path)
+    assert again.returncode == 2 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    assert "made from other train images" in again.stderr and "Already finished" not in again.stdout + again.stderr
+    assert _snapshot(run_dir) == before
