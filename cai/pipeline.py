@@ -31,7 +31,7 @@ from cai.runid import RunConfigConflict, RunDirLock, check_run_config, record_ru
 from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
-from cai.synth.groups import check_synthesizer_groups
+from cai.synth.groups import check_synthesizer_groups, recorded_choices
 from cai.track import Tracker, manifest_digest, write_run_info
 from cai.validate import check_test_set, validate_job
 from cai.viz import prediction_panel, synthesis_panel
@@ -174,13 +174,23 @@ def hydra_choices() -> dict[str, str]:
     return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")}
 
 
+def hydra_overrides() -> list[str] | None:
+    """The running Hydra job's command-line overrides (None outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return [str(o) for o in HydraConfig.get().overrides.task]
+
+
 def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Synthesize → train → evaluate one (dataset, category, synthesizer); return metrics.json's content.
 
     One process at a time owns the run dir (a second identical run waits, then finds it finished), and a
     dir started with another resolved config (``resolved_config.yaml``) stops with a ConfigError."""
     run_dir = Path(run_dir)
-    check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf")  # config-only checks first ...
+    check_synthesizer_groups(cfg, hydra_choices(), REPO_ROOT / "conf",  # config-only checks first ...
+                             overrides=hydra_overrides())
     validate_job(cfg, run_dir)  # ... then values, device and writable dirs: all before any work
     with RunDirLock(run_dir):
         return _run_job(cfg, run_dir)
@@ -236,7 +246,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "selection": cfg.detector.selection, "selected_epoch": selected["epoch"],
             "metrics": {k: selected[k] for k in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")},
             "n_train_normal": len(train.normals), "n_pseudo": len(train.pseudo), "n_test": len(prep.test_images),
-            "device": str(device), "seed": int(cfg.seed), "choices": hydra_choices(),
+            "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, hydra_choices()),
             "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
                                                      normal_index, cache_dir),
             "synthesis": {k: read_stats(cache_dir)[k] for k in ("n", "redrawn")},

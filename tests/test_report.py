@@ -354,8 +354,8 @@ def test_make_table_script_marks_failed_category_and_refuses_mixed_budgets(tmp_p
     assert mixed.returncode == 2 and "Traceback" not in mixed.stderr
     assert "mix budgets ['cpu', 'paper']" in mixed.stderr and "table.budget=cpu" in mixed.stderr
     assert make("table.budget=cpu").returncode == 0
-    assert out.read_text().startswith("## Demo dataset: pixel-level detection (UNet trained on pseudo anomalies) "
-                                      "(selection: best; budget: cpu)\n")
+    assert out.read_text().startswith("## Demo dataset: CAI-N beside CutPaste. A SMOKE CHECK, NOT EVIDENCE")
+    assert out.read_text().splitlines()[0].endswith(" (selection: best; budget: cpu)")
 
 
 def test_every_table_config_renders_with_no_runs(tmp_path):

@@ -11,7 +11,7 @@ ablation or quota that never happened.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +53,28 @@ def _changed_values(actual: Any, default: Any, prefix: str) -> list[str]:
     return [] if actual == default else [f"{prefix}={actual}"]
 
 
+def _named_on_command_line(group: str, overrides: Sequence[str]) -> bool:
+    """Whether a command-line override sets ``group`` or a key inside it (``scale=large``, ``+scale.x=1``)."""
+    keys = (o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] for o in overrides)
+    return any(k == group or k.startswith(f"{group}.") for k in keys)
+
+
+def recorded_choices(cfg: DictConfig, choices: Mapping[str, str]) -> dict[str, str]:
+    """The group choices metrics.json records: those of :data:`SYNTHESIZER_GROUPS` only where the
+    synthesizer reads them (an experiment may set ``daad`` for its CAI rows and sweep CutPaste beside)."""
+    reads = {str(g) for g in cfg.synthesizer.get("reads_groups") or []}
+    return {k: v for k, v in choices.items() if k not in SYNTHESIZER_GROUPS or k in reads}
+
+
 def check_synthesizer_groups(cfg: DictConfig, choices: Mapping[str, str], conf_dir: Path,
-                             config_name: str = "config") -> None:
+                             config_name: str = "config", overrides: Sequence[str] | None = None) -> None:
     """Raise ConfigError when a group the synthesizer does not read is changed from the primary default.
 
     ``choices`` are Hydra's runtime group choices (empty outside a Hydra job: then only values are
-    compared); ``conf_dir`` holds ``<config_name>.yaml`` and the group folders.
+    compared); ``conf_dir`` holds ``<config_name>.yaml`` and the group folders. With ``overrides`` (the
+    job's command-line overrides) only groups the user named there are checked: an experiment file may set
+    a group for the synthesizers of its sweep that read it (``experiment=demo``: ``daad=demo_bank`` for
+    CAI-N beside CutPaste); :func:`recorded_choices` then keeps it out of the other rows' metrics.json.
     """
     synth = cfg.synthesizer
     name = str(synth.get("name"))
@@ -71,6 +87,8 @@ def check_synthesizer_groups(cfg: DictConfig, choices: Mapping[str, str], conf_d
     defaults = primary_defaults(conf_dir / f"{config_name}.yaml")
     for group, default in defaults.items():
         if group in reads or group not in cfg:
+            continue
+        if overrides is not None and not _named_on_command_line(group, overrides):
             continue
         choice = choices.get(group)
         if choice is not None and choice != default:

@@ -128,3 +128,18 @@ def test_entry_point_refuses_quotas_that_do_not_add_up(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "add up to 11" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((tmp_path / "cache").rglob("manifest.jsonl"))
+
+
+def test_an_experiment_may_set_a_group_for_the_synthesizers_that_read_it(tmp_path: Path) -> None:
+    """experiment=demo sets daad=demo_bank for CAI-N and sweeps CutPaste beside it: only a group the user
+    names on the command line is refused, and CutPaste's metrics.json does not record the bank."""
+    from cai.synth.groups import recorded_choices
+
+    cfg = compose_config("config", ["logger=none", "synthesizer=cutpaste", "daad=demo_bank"], tmp_path)
+    choices = {"daad": "demo_bank", "synthesizer": "cutpaste", "dataset": "demo"}
+    check_synthesizer_groups(cfg, choices, CONF, overrides=["experiment=demo", "synthesizer=cutpaste"])
+    with pytest.raises(ConfigError, match="daad=demo_bank has no effect with synthesizer=cutpaste"):
+        check_synthesizer_groups(cfg, choices, CONF, overrides=["synthesizer=cutpaste", "daad=demo_bank"])
+    assert recorded_choices(cfg, choices) == {"synthesizer": "cutpaste", "dataset": "demo"}
+    cai = compose_config("config", ["logger=none", "synthesizer=cai_n", "daad=demo_bank"], tmp_path / "c")
+    assert recorded_choices(cai, choices) == choices
