@@ -36,7 +36,8 @@ def test_cai_n_on_the_demo_dataset_needs_no_shared_data(tmp_path, monkeypatch):
     cfg = compose_config("config", [
         "dataset=demo", "dataset.category=brick", "dataset.image_size=64", "dataset.reader.n_train=2",
         "dataset.reader.n_test_good=1", "dataset.reader.n_test_anomalous=3", "synthesizer=cai_n",
-        "synthesizer.n_per_image=2", "scale.large=1", "scale.medium=1", "scale.small=0", "daad=demo_bank", "foreground=otsu", "logger=none",
+        "synthesizer.n_per_image=2", "scale.large=1", "scale.medium=1", "scale.small=0", "daad=demo_bank",
+        "foreground=otsu", "logger=none",
         f"paths.cache_dir={tmp_path / 'cache'}", "synthesis.workers=1",
     ], tmp_path / "run")
     assert cfg.paths.shared_data_dir == str(missing) and not missing.exists()
