@@ -20,6 +20,7 @@ from cai.errors import ConfigError, DatasetError
 from cai.io import check_writable
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SELECTIONS = ("best", "val", "last")  # detector.selection (cai/detect/trainer.py)
 
 
 def validate_job(cfg: DictConfig, run_dir: str | Path) -> None:
@@ -27,6 +28,7 @@ def validate_job(cfg: DictConfig, run_dir: str | Path) -> None:
     check_overrides(cfg)
     check_required(cfg)
     check_detector(cfg)
+    check_synthesis(cfg)
     check_image_size(cfg)
     from cai.detect.trainer import resolve_device
 
@@ -64,6 +66,28 @@ def check_detector(cfg: DictConfig) -> None:
     if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
         raise ConfigError(f"detector.anomaly_fraction must be in [0, 1], got {fraction!r}.",
                           where="detector.anomaly_fraction", fix="Pass e.g. detector.anomaly_fraction=0.5.")
+    lr = OmegaConf.select(cfg, "detector.lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not float(lr) > 0.0:
+        raise ConfigError(f"detector.lr must be a positive number, got {lr!r}.", where="detector.lr",
+                          fix="Pass e.g. detector.lr=1e-4 (the paper's) or leave it at its default.")
+    selection = OmegaConf.select(cfg, "detector.selection")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"detector.selection must be one of {list(SELECTIONS)}, got {selection!r}.",
+                          where="detector.selection",
+                          fix="Pass detector.selection=best (paper), val (held-out pseudo anomalies) or last.")
+    if selection == "val":
+        val_fraction = OmegaConf.select(cfg, "detector.val_fraction")
+        if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+                or not 0.0 < float(val_fraction) < 1.0):
+            raise ConfigError(f"detector.val_fraction must be in (0, 1) with detector.selection=val, got "
+                              f"{val_fraction!r}.", where="detector.val_fraction",
+                              fix="Pass e.g. detector.val_fraction=0.1.")
+
+
+def check_synthesis(cfg: DictConfig) -> None:
+    """Outputs per normal image and the seed are whole numbers (n_per_image >= 1, seed >= 0)."""
+    _positive_int(cfg, "synthesizer.n_per_image")
+    _positive_int(cfg, "seed", minimum=0)
 
 
 def min_image_size(cfg: DictConfig) -> int:
