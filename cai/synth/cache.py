@@ -242,7 +242,11 @@ def _run_synthesis_locked(job: SynthesisJob, workers: int, progress: bool) -> li
     d = job.directory
     if (d / "manifest.jsonl").is_file():
         log.info("Reusing cached pseudo anomalies in %s", d)
-        return read_manifest(d)
+        records = read_manifest(d)
+        if not (d / "stats.json").is_file():  # lost, or an entry written before stats.json existed
+            log.info("Rebuilding %s from the manifest", d / "stats.json")
+            write_json(d / "stats.json", synthesis_stats(records, job.mixes_normals))
+        return records
     d.mkdir(parents=True, exist_ok=True)
     write_json(d / "config.json", job.key_payload)
     done = {int(p.stem) for p in (d / "parts").glob("[0-9]*.json")}

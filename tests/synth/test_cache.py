@@ -222,3 +222,15 @@ def test_concurrent_writers_synthesize_once_and_both_get_the_manifest(tmp_path):
     assert outs[0] == outs[1] and len(json.loads(outs[0])) == 10
     pids = calls.read_text().split()
     assert len(pids) == 10 and len(set(pids)) == 1   # 5 images x 2, all made by one of the two processes
+
+
+def test_complete_entry_without_stats_gets_them_rebuilt_on_reuse(tmp_path):
+    """A finished entry whose stats.json is gone (deleted, or written before stats.json existed) is reused
+    with its stats rebuilt from the manifest, so run_job's metrics never crash after training on it."""
+    d = tmp_path / "a"
+    run_synthesis(_protocol_job(d), workers=1, progress=False)
+    stats = read_stats(d)
+    (d / "stats.json").unlink()
+    records = run_synthesis(_protocol_job(d), workers=1, progress=False)
+    assert len(records) == 20
+    assert read_stats(d) == stats
