@@ -234,3 +234,22 @@ def test_complete_entry_without_stats_gets_them_rebuilt_on_reuse(tmp_path):
     records = run_synthesis(_protocol_job(d), workers=1, progress=False)
     assert len(records) == 20
     assert read_stats(d) == stats
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_cache_file_says_to_delete_the_entry(tmp_path, damage):
+    """A truncated or deleted cache PNG is a clear error naming the file and the entry to delete (not
+    "re-download or remove this file", which would only turn it into a missing-file error)."""
+    from cai.synth.cache import load_pseudo
+
+    d = tmp_path / "c"
+    records = run_synthesis(_job(d), progress=False)
+    png = d / records[4].image
+    if damage == "truncate":
+        png.write_bytes(png.read_bytes()[:40])
+    else:
+        png.unlink()
+    with pytest.raises(CaiError) as err:
+        load_pseudo(d, records)
+    assert records[4].image.split("/")[-1] in err.value.message
+    assert f"Delete {d}" in err.value.message
