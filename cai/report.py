@@ -284,6 +284,11 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records, unidentified)
 
 
+#: Keys that choose which categories a sweep runs, not how one run goes: a cell may mix runs made with
+#: ``dataset.categories=[bottle]`` and with the full list.
+SWEEP_ONLY_KEYS = ("dataset.categories", "dataset.reader.categories")
+
+
 def run_identity(run_dir: str | Path) -> dict[str, Any] | None:
     """The run's resolved config (``resolved_config.yaml``) minus what its dir path names (dataset,
     category, synthesizer, seed, task): what every run of one table cell must share. None when absent."""
@@ -295,7 +300,7 @@ def run_identity(run_dir: str | Path) -> dict[str, Any] | None:
     ident = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     if not isinstance(ident, dict):
         return None
-    for key in PATH_KEYS:
+    for key in (*PATH_KEYS, *SWEEP_ONLY_KEYS):
         _drop(ident, key)
     return ident
 
