@@ -59,8 +59,10 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
 
 
 def check_detector(cfg: DictConfig) -> None:
-    """Epochs, batch sizes and samples per epoch are positive whole numbers."""
-    for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch"):
+    """Epochs, batch sizes, samples per epoch and eval_every are positive whole numbers; lr is positive; the
+    selection is known (and val_fraction in (0, 1) for selection=val)."""
+    for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch",
+                "detector.eval_every"):  # eval_every 0 would make selection=best silently the last epoch
         _positive_int(cfg, key)
     fraction = OmegaConf.select(cfg, "detector.anomaly_fraction")
     if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:

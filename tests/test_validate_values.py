@@ -20,6 +20,7 @@ BASE = ["logger=none", "foreground=otsu", "dataset=demo", "dataset.image_size=64
     ("seed=-1", "seed"),
     ("detector.lr=-1", "detector.lr"),
     ("detector.lr=0", "detector.lr"),
+    ("detector.eval_every=0", "detector.eval_every"),
 ])
 def test_bad_values_stop_before_any_work(override, needle, tmp_path):
     extra = ["detector.selection=val"] if "val_fraction" in override else []
