@@ -87,9 +87,25 @@ def check_detector(cfg: DictConfig) -> None:
 
 
 def check_synthesis(cfg: DictConfig) -> None:
-    """Outputs per normal image and the seed are whole numbers (n_per_image >= 1, seed >= 0)."""
-    _positive_int(cfg, "synthesizer.n_per_image")
+    """Outputs per normal image and the seed are whole numbers (n_per_image >= 1, seed >= 0), and a
+    synthesizer that reads the ``scale`` group (CAI) gets quotas adding up to n_per_image: checked here
+    from the config alone, not after every training image and foreground was read (CAISynthesizer.prepare
+    checks it again, with the quotas' types)."""
+    n = _positive_int(cfg, "synthesizer.n_per_image")
     _positive_int(cfg, "seed", minimum=0)
+    reads = OmegaConf.select(cfg, "synthesizer.reads_groups") or []
+    scale = OmegaConf.select(cfg, "scale")
+    if "scale" not in reads or not isinstance(scale, DictConfig):
+        return
+    quotas = OmegaConf.to_container(scale, resolve=True)
+    assert isinstance(quotas, dict)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in quotas.values()) and sum(quotas.values()) != n:
+        raise ConfigError(
+            f"The CAI scale quotas {quotas} add up to {sum(quotas.values())}, but each normal image gets "
+            f"synthesizer.n_per_image={n} pseudo anomalies.",
+            where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
+            fix=f"Give scale.large, scale.medium and scale.small that add up to {n} (paper: 4:3:3 for 10), or "
+                "change synthesizer.n_per_image to match.")
 
 
 def min_image_size(cfg: DictConfig) -> int:

@@ -38,3 +38,18 @@ def test_bad_values_stop_before_any_work(override, needle, tmp_path):
 def test_good_values_pass(overrides, tmp_path):
     cfg = compose_config("config", [*BASE, *overrides, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
     validate_job(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["synthesizer=cai_n", "synthesizer.n_per_image=2"],
+    ["synthesizer=cai_m", "scale.large=5"],
+    ["synthesizer=cai_n", "debug=smoke"],  # the profile's documented CAI use
+])
+def test_cai_quotas_must_add_up_before_any_data_is_read(overrides, tmp_path):
+    cfg = compose_config("config", [*BASE, *overrides, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    if "debug=smoke" in overrides:
+        validate_job(cfg, tmp_path / "run")  # the profile keeps the quotas and n_per_image consistent
+        return
+    with pytest.raises(ConfigError) as err:
+        validate_job(cfg, tmp_path / "run")
+    assert "add up to" in err.value.message
