@@ -24,10 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from cai.data.types import CategoryData
 from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, resolve_device
 from cai.detect.validation import holdout_indices, split_train_val
-from cai.errors import ConfigError
+from cai.errors import CaiError, ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
 from cai.metrics.label_fidelity import run_summary as label_fidelity_summary
-from cai.runid import RunConfigConflict, RunDirLock, check_run_config, record_run_config, write_hydra_files
+from cai.runid import RunDirLock, check_run_config, check_run_data, record_run_config, write_hydra_files
 from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
@@ -137,28 +137,25 @@ def synthesize(cfg: DictConfig, prep: PreparedCategory) -> tuple[Path, np.ndarra
     return directory, images, masks, [r.normal_index for r in records]
 
 
-def data_digests(data: CategoryData) -> dict[str, str]:
-    """Digests of the category's train and test file lists (relative paths and sizes), as run_info.json
-    records them."""
+def _load_for_check(cfg: DictConfig, run_dir: Path, finished: bool) -> CategoryData | None:
+    """The category's data when the run dir recorded what it trained on (run_info.json), else None. A
+    finished run whose dataset cannot be read now is still reported as finished (with a warning)."""
+    if not (run_dir / "run_info.json").is_file():
+        return None
+    try:
+        return load_category(cfg)
+    except CaiError as err:
+        if not finished:
+            raise
+        log.warning("Could not re-read the dataset to check that %s is not stale: %s", run_dir,
+                    err.message.splitlines()[0])
+        return None
+
+
+def _data_digests(data: CategoryData) -> dict[str, str]:
+    """The train / test file manifests (relative paths and sizes) recorded in run_info.json."""
     return {"train": manifest_digest(data.train, data.root),
             "test": manifest_digest([t.image for t in data.test], data.root)}
-
-
-def check_run_data(run_dir: Path, data: CategoryData) -> None:
-    """A run dir made from other images is never reused: its name hashes the config without locations
-    (``paths.data_dir=/a`` and ``/b`` share it), so compare the file lists recorded in ``run_info.json``."""
-    info = Path(run_dir) / "run_info.json"
-    if not info.is_file():
-        return
-    recorded = json.loads(info.read_text()).get("data", {})
-    differ = [k for k, v in data_digests(data).items() if k in recorded and recorded[k] != v]
-    if differ:
-        raise RunConfigConflict(
-            f"This run dir was made from other {' and '.join(differ)} images than {data.root} / {data.category} "
-            "holds now (file names or sizes differ); its checkpoints and metrics belong to those.",
-            where=run_dir,
-            fix=f"Delete {run_dir} to run again on the current images, or point the run at another dir "
-                "(e.g. a different task_name).")
 
 
 def _chw(images: np.ndarray) -> torch.Tensor:
@@ -199,20 +196,22 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finished = (run_dir / "done").is_file()
     identity = check_run_config(run_dir, cfg)  # another config in this dir: ConfigError saying what differs
-    data = load_category(cfg)
-    check_run_data(run_dir, data)  # paths are not in the run dir's hash: the images themselves must match
+    data = _load_for_check(cfg, run_dir, finished)
+    if data is not None:  # the data it trained on must still be the dataset's: else its results are stale
+        check_run_data(run_dir, _data_digests(data))
     if finished:
         log.info("Already finished: %s (delete the dir to run it again)", run_dir)
         return json.loads((run_dir / "metrics.json").read_text())
     (run_dir / "failed.txt").unlink(missing_ok=True)  # a failure of a run that held the lock before us
     write_hydra_files(run_dir, cfg)
     seed_everything(int(cfg.seed))
+    data = load_category(cfg) if data is None else data
     prep = prepare_category(cfg, data)
     check_test_set(prep.test_labels, Path(data.root) / data.category)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
     record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {
-        **data_digests(data),
+        **_data_digests(data),
         "pseudo_manifest": manifest_digest([cache_dir / "manifest.jsonl"], cache_dir),
         "pseudo_cache": str(cache_dir),
     })

@@ -275,11 +275,58 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
             cell.dirs[key] = str(r.get("run_dir"))
             cell.values[key] = {k: float(v) for k, v in r["metrics"].items()
                                 if k in spec.metrics.values() and v is not None and not math.isnan(v)}
+    for (row, ds, sel), cell in cells.items():
+        _check_one_config(spec, f"{row} / {ds} (selection {sel})", cell)
     for cell in cells.values():  # a (category, seed) that finished elsewhere has not failed
         for key in list(cell.failed):
             if key in cell.values:
                 del cell.failed[key]
     return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records, unidentified)
+
+
+#: Keys that choose which categories a sweep runs, not how one run goes: a cell may mix runs made with
+#: ``dataset.categories=[bottle]`` and with the full list.
+SWEEP_ONLY_KEYS = ("dataset.categories", "dataset.reader.categories")
+
+
+def run_identity(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's resolved config (``resolved_config.yaml``) minus what its dir path names (dataset,
+    category, synthesizer, seed, task): what every run of one table cell must share. None when absent."""
+    from cai.runid import PATH_KEYS, RESOLVED_CONFIG, _drop
+
+    path = Path(run_dir) / RESOLVED_CONFIG
+    if not path.is_file():
+        return None
+    ident = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    if not isinstance(ident, dict):
+        return None
+    for key in (*PATH_KEYS, *SWEEP_ONLY_KEYS):
+        _drop(ident, key)
+    return ident
+
+
+def _check_one_config(spec: TableSpec, label: str, cell: Cell) -> None:
+    """The finished runs of a cell (its categories and seeds) must come from one config: a mean over
+    categories trained with, e.g., different epochs would silently mix settings."""
+    from cai.runid import config_diff
+
+    first: tuple[str, dict[str, Any]] | None = None
+    for run_dir in cell.dirs.values():
+        ident = run_identity(run_dir)
+        if ident is None:
+            continue
+        if first is None:
+            first = (run_dir, ident)
+            continue
+        diff = config_diff(first[1], ident)
+        if diff:
+            shown = "\n    ".join(diff[:10]) + (f"\n    ... {len(diff) - 10} more" if len(diff) > 10 else "")
+            raise ConfigError(
+                f"Table {spec.name}: the runs of {label} were made with different configs, so their mean would "
+                f"mix settings: {first[0]} vs {run_dir} (resolved_config.yaml, old -> new):\n    {shown}",
+                where=spec.runs_dir,
+                fix="Rerun the odd runs with the cell's config (or all of them with the new one) and delete the "
+                    "run dirs that are not wanted.")
 
 
 def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], scale: float) -> str:

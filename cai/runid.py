@@ -219,3 +219,32 @@ class RunDirLock:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.release()
+
+
+class RunDataConflict(ConfigError):
+    """A run dir trained (or finished) on other data than the dataset now holds: its results are stale."""
+
+
+def check_run_data(run_dir: Path, digests: dict[str, str]) -> None:
+    """Compare the dataset's train/test manifest digests (``cai.track.manifest_digest``: relative paths and
+    sizes) with those ``run_info.json`` recorded when the run started training; ConfigError if they differ.
+
+    The run dir's name covers the config only, so a rerun after the images were replaced (another folder
+    of the same name, a re-exported dataset) would otherwise report the old run's metrics as "Already
+    finished", or resume a checkpoint trained on other images."""
+    path = Path(run_dir) / "run_info.json"
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text()).get("data", {})
+    except (OSError, ValueError):
+        return
+    changed = sorted(k for k, v in digests.items() if k in recorded and recorded[k] != v)
+    if changed:
+        state = "finished" if (Path(run_dir) / "done").is_file() else "started training"
+        raise RunDataConflict(
+            f"This run dir {state} on other data: the {' and '.join(changed)} images differ from those "
+            f"recorded in run_info.json (file names or sizes changed), so its results would be stale.",
+            where=run_dir,
+            fix=f"Delete {run_dir} to run it again on the current data (or restore the old images).")
+

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cai.io import write_json, write_png
+from cai.io import write_json, write_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ class Tracker:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._history = self.run_dir / "history.jsonl"
+        self._trimmed = False  # records of earlier attempts at the steps now logged are dropped once
         self._wandb = None
         if logger_cfg is not None and logger_cfg.get("backend") == "wandb":
             self._wandb = self._start_wandb(cfg, logger_cfg)
@@ -86,10 +87,23 @@ class Tracker:
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         record = {"step": step, **metrics}
+        if step is not None and not self._trimmed:
+            self._drop_history_from(step)
         with self._history.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
+
+    def _drop_history_from(self, step: int) -> None:
+        """Keep only records of steps before ``step``: a run restarted from scratch (``resume=false``) or
+        resumed from an earlier checkpoint must not list those epochs twice in history.jsonl."""
+        self._trimmed = True
+        if not self._history.is_file():
+            return
+        lines = self._history.read_text().splitlines()
+        keep = [line for line in lines if _keep(line, step)]
+        if len(keep) != len(lines):
+            write_text(self._history, "".join(line + "\n" for line in keep))
 
     def log_image(self, name: str, image: np.ndarray, caption: str | None = None) -> Path:
         path = self.run_dir / f"{name}.png"
@@ -108,6 +122,17 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.finish(exit_code=exit_code)
             self._wandb = None
+
+
+def _keep(line: str, step: int) -> bool:
+    """A history line to keep before logging ``step``: readable (not cut off by a kill), and either
+    without a step or of an earlier one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    earlier = record.get("step") if isinstance(record, dict) else None
+    return isinstance(record, dict) and (earlier is None or (isinstance(earlier, (int, float)) and earlier < step))
 
 
 def write_run_info(run_dir: Path, repo: Path, data_digests: dict[str, str]) -> None:

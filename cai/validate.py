@@ -20,6 +20,7 @@ from cai.errors import ConfigError, DatasetError
 from cai.io import check_writable
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+SELECTIONS = ("best", "val", "last")  # detector.selection (cai/detect/trainer.py)
 
 
 def validate_job(cfg: DictConfig, run_dir: str | Path) -> None:
@@ -27,6 +28,7 @@ def validate_job(cfg: DictConfig, run_dir: str | Path) -> None:
     check_overrides(cfg)
     check_required(cfg)
     check_detector(cfg)
+    check_synthesis(cfg)
     check_image_size(cfg)
     from cai.detect.trainer import resolve_device
 
@@ -57,13 +59,53 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
 
 
 def check_detector(cfg: DictConfig) -> None:
-    """Epochs, batch sizes and samples per epoch are positive whole numbers."""
-    for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch"):
+    """Epochs, batch sizes, samples per epoch and eval_every are positive whole numbers; lr is positive; the
+    selection is known (and val_fraction in (0, 1) for selection=val)."""
+    for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch",
+                "detector.eval_every"):  # eval_every 0 would make selection=best silently the last epoch
         _positive_int(cfg, key)
     fraction = OmegaConf.select(cfg, "detector.anomaly_fraction")
     if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
         raise ConfigError(f"detector.anomaly_fraction must be in [0, 1], got {fraction!r}.",
                           where="detector.anomaly_fraction", fix="Pass e.g. detector.anomaly_fraction=0.5.")
+    lr = OmegaConf.select(cfg, "detector.lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not float(lr) > 0.0:
+        raise ConfigError(f"detector.lr must be a positive number, got {lr!r}.", where="detector.lr",
+                          fix="Pass e.g. detector.lr=1e-4 (the paper's) or leave it at its default.")
+    selection = OmegaConf.select(cfg, "detector.selection")
+    if selection not in SELECTIONS:
+        raise ConfigError(f"detector.selection must be one of {list(SELECTIONS)}, got {selection!r}.",
+                          where="detector.selection",
+                          fix="Pass detector.selection=best (paper), val (held-out pseudo anomalies) or last.")
+    if selection == "val":
+        val_fraction = OmegaConf.select(cfg, "detector.val_fraction")
+        if (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+                or not 0.0 < float(val_fraction) < 1.0):
+            raise ConfigError(f"detector.val_fraction must be in (0, 1) with detector.selection=val, got "
+                              f"{val_fraction!r}.", where="detector.val_fraction",
+                              fix="Pass e.g. detector.val_fraction=0.1.")
+
+
+def check_synthesis(cfg: DictConfig) -> None:
+    """Outputs per normal image and the seed are whole numbers (n_per_image >= 1, seed >= 0), and a
+    synthesizer that reads the ``scale`` group (CAI) gets quotas adding up to n_per_image: checked here
+    from the config alone, not after every training image and foreground was read (CAISynthesizer.prepare
+    checks it again, with the quotas' types)."""
+    n = _positive_int(cfg, "synthesizer.n_per_image")
+    _positive_int(cfg, "seed", minimum=0)
+    reads = OmegaConf.select(cfg, "synthesizer.reads_groups") or []
+    scale = OmegaConf.select(cfg, "scale")
+    if "scale" not in reads or not isinstance(scale, DictConfig):
+        return
+    quotas = OmegaConf.to_container(scale, resolve=True)
+    assert isinstance(quotas, dict)
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in quotas.values()) and sum(quotas.values()) != n:
+        raise ConfigError(
+            f"The CAI scale quotas {quotas} add up to {sum(quotas.values())}, but each normal image gets "
+            f"synthesizer.n_per_image={n} pseudo anomalies.",
+            where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
+            fix=f"Give scale.large, scale.medium and scale.small that add up to {n} (paper: 4:3:3 for 10), or "
+                "change synthesizer.n_per_image to match.")
 
 
 def min_image_size(cfg: DictConfig) -> int:

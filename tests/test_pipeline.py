@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from cai.pipeline import load_category, prepare_category
@@ -85,3 +86,28 @@ def test_pseudo_anomaly_cache_follows_the_training_images_not_their_count(tmp_pa
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert _cache_for(_folder_cfg(tmp_path, tmp_path / "a"))[0] not in (dir_a, dir_changed)
+
+
+def test_finished_run_on_replaced_images_is_refused_not_reported(tmp_path):
+    """A run dir is named by its config only: after the training images were replaced, a rerun must not
+    print the old metrics as "Already finished" but say the data changed."""
+    import json
+
+    from cai.pipeline import _data_digests, run_job
+    from cai.runid import RunDataConflict
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _write(tmp_path / "d" / "part" / f"train/good/{i}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    _write(tmp_path / "d" / "part" / "test/good/t.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    cfg = _folder_cfg(tmp_path, tmp_path / "d")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"pixel_auroc": 0.5}}))
+    (run_dir / "run_info.json").write_text(json.dumps({"data": _data_digests(load_category(cfg))}))
+    (run_dir / "done").write_text("ok\n")
+    assert run_job(cfg, run_dir)["metrics"] == {"pixel_auroc": 0.5}  # same data: finished, skipped
+    _write(tmp_path / "d" / "part" / "train/good/1.png", rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    with pytest.raises(RunDataConflict) as err:
+        run_job(cfg, run_dir)
+    assert "train images differ" in err.value.message and str(run_dir) in err.value.message

@@ -387,3 +387,22 @@ def test_two_finished_runs_of_one_cell_refuse_to_render(tmp_path):
     message = err.value.message
     assert "two finished runs for CutPaste / demo / brick seed 0" in message
     assert "cp-brick-a" in message and "cp-brick-b" in message
+
+
+def test_runs_of_one_cell_with_different_configs_refuse_to_render(tmp_path):
+    """Categories of one cell trained with different settings (a partial rerun with detector.epochs=2)
+    must not be averaged as if they were one method's numbers; the path keys (category, seed) may differ."""
+    def with_config(name: str, category: str, epochs: int, seed: int = 0, categories: str = "[brick, coin]") -> None:
+        _rec(tmp_path, name, "CutPaste", category, {"pixel_auroc": 0.8}, seed=seed)
+        (tmp_path / name / "resolved_config.yaml").write_text(
+            f"seed: {seed}\ndataset:\n  name: demo\n  category: {category}\n  categories: {categories}\n"
+            f"  image_size: 64\nsynthesizer:\n  name: cutpaste\ndetector:\n  epochs: {epochs}\n")
+
+    with_config("brick", "brick", 1)
+    with_config("coin", "coin", 1, seed=1, categories="[coin]")
+    # category, seed and the sweep's category list differ: one config
+    assert "| CutPaste |" in _table(tmp_path, rows=["CutPaste"])
+    with_config("gravel", "gravel", 2)
+    with pytest.raises(ConfigError) as err:
+        _table(tmp_path, rows=["CutPaste"])
+    assert "detector.epochs: 1 -> 2" in err.value.message and "gravel" in err.value.message

@@ -242,7 +242,11 @@ def _run_synthesis_locked(job: SynthesisJob, workers: int, progress: bool) -> li
     d = job.directory
     if (d / "manifest.jsonl").is_file():
         log.info("Reusing cached pseudo anomalies in %s", d)
-        return read_manifest(d)
+        records = read_manifest(d)
+        if not (d / "stats.json").is_file():  # lost, or an entry written before stats.json existed
+            log.info("Rebuilding %s from the manifest", d / "stats.json")
+            write_json(d / "stats.json", synthesis_stats(records, job.mixes_normals))
+        return records
     d.mkdir(parents=True, exist_ok=True)
     write_json(d / "config.json", job.key_payload)
     done = {int(p.stem) for p in (d / "parts").glob("[0-9]*.json")}
@@ -294,9 +298,16 @@ def _run_synthesis_locked(job: SynthesisJob, workers: int, progress: bool) -> li
 
 
 def load_pseudo(directory: Path, records: Sequence[PseudoRecord]) -> tuple[np.ndarray, np.ndarray]:
-    """All cached pseudo anomalies as uint8 (M, H, W, 3) and bool (M, H, W)."""
-    images = np.stack([read_image(directory / r.image) for r in records])
-    masks = np.stack([read_mask(directory / r.mask) for r in records])
+    """All cached pseudo anomalies as uint8 (M, H, W, 3) and bool (M, H, W).
+
+    A cache file that is missing or unreadable (deleted, truncated) spoils the entry: the error says to
+    delete the entry, which the next run synthesizes again (removing the one file would not help)."""
+    try:
+        images = np.stack([read_image(directory / r.image) for r in records])
+        masks = np.stack([read_mask(directory / r.mask) for r in records])
+    except CaiError as err:
+        raise CaiError(f"The pseudo-anomaly cache entry is damaged: {err.what}", where=err.where,
+                       fix=f"Delete {directory} and rerun the same command: it is synthesized again.") from err
     return images, masks
 
 

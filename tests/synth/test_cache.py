@@ -222,3 +222,34 @@ def test_concurrent_writers_synthesize_once_and_both_get_the_manifest(tmp_path):
     assert outs[0] == outs[1] and len(json.loads(outs[0])) == 10
     pids = calls.read_text().split()
     assert len(pids) == 10 and len(set(pids)) == 1   # 5 images x 2, all made by one of the two processes
+
+
+def test_complete_entry_without_stats_gets_them_rebuilt_on_reuse(tmp_path):
+    """A finished entry whose stats.json is gone (deleted, or written before stats.json existed) is reused
+    with its stats rebuilt from the manifest, so run_job's metrics never crash after training on it."""
+    d = tmp_path / "a"
+    run_synthesis(_protocol_job(d), workers=1, progress=False)
+    stats = read_stats(d)
+    (d / "stats.json").unlink()
+    records = run_synthesis(_protocol_job(d), workers=1, progress=False)
+    assert len(records) == 20
+    assert read_stats(d) == stats
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_damaged_cache_file_says_to_delete_the_entry(tmp_path, damage):
+    """A truncated or deleted cache PNG is a clear error naming the file and the entry to delete (not
+    "re-download or remove this file", which would only turn it into a missing-file error)."""
+    from cai.synth.cache import load_pseudo
+
+    d = tmp_path / "c"
+    records = run_synthesis(_job(d), progress=False)
+    png = d / records[4].image
+    if damage == "truncate":
+        png.write_bytes(png.read_bytes()[:40])
+    else:
+        png.unlink()
+    with pytest.raises(CaiError) as err:
+        load_pseudo(d, records)
+    assert records[4].image.split("/")[-1] in err.value.message
+    assert f"Delete {d}" in err.value.message

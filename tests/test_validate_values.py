@@ -1,0 +1,55 @@
+"""Values that used to fail only after synthesis (or with a traceback) are refused by ``validate_job``,
+before any data is read: a bad checkpoint selection or validation share, n_per_image, seed or lr."""
+
+from __future__ import annotations
+
+import pytest
+
+from cai.errors import ConfigError
+from cai.validate import validate_job
+from tests.conftest import compose_config
+
+BASE = ["logger=none", "foreground=otsu", "dataset=demo", "dataset.image_size=64"]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("detector.selection=bogus", "detector.selection"),
+    ("detector.val_fraction=0", "detector.val_fraction"),
+    ("detector.val_fraction=1", "detector.val_fraction"),
+    ("synthesizer.n_per_image=0", "synthesizer.n_per_image"),
+    ("seed=-1", "seed"),
+    ("detector.lr=-1", "detector.lr"),
+    ("detector.lr=0", "detector.lr"),
+    ("detector.eval_every=0", "detector.eval_every"),
+])
+def test_bad_values_stop_before_any_work(override, needle, tmp_path):
+    extra = ["detector.selection=val"] if "val_fraction" in override else []
+    cfg = compose_config("config", [*BASE, *extra, override, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    with pytest.raises(ConfigError) as err:
+        validate_job(cfg, tmp_path / "run")
+    assert needle in err.value.message
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["detector.selection=val", "detector.val_fraction=0.99"], ["detector.selection=last"], ["seed=0"],
+    ["detector.val_fraction=0"],  # not read unless selection=val
+])
+def test_good_values_pass(overrides, tmp_path):
+    cfg = compose_config("config", [*BASE, *overrides, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    validate_job(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["synthesizer=cai_n", "synthesizer.n_per_image=2"],
+    ["synthesizer=cai_m", "scale.large=5"],
+    ["synthesizer=cai_n", "debug=smoke"],  # the profile's documented CAI use
+])
+def test_cai_quotas_must_add_up_before_any_data_is_read(overrides, tmp_path):
+    cfg = compose_config("config", [*BASE, *overrides, f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    if "debug=smoke" in overrides:
+        validate_job(cfg, tmp_path / "run")  # the profile keeps the quotas and n_per_image consistent
+        return
+    with pytest.raises(ConfigError) as err:
+        validate_job(cfg, tmp_path / "run")
+    assert "add up to" in err.value.message
