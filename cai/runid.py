@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 
 # Keys (dotted) that do not change a run's results: where files live, how it is logged, which device,
 # whether it resumes, how many synthesis processes, how many panel images.
-NON_IDENTITY_KEYS = ("hydra", "paths", "logger", "device", "resume", "synthesis.workers", "n_panels")
+# The dataset's category list only says which categories a sweep covers (`make table3
+# ARGS="dataset.categories=[bottle,grid]"` and the full sweep must share their runs of bottle and grid).
+NON_IDENTITY_KEYS = ("hydra", "paths", "logger", "device", "resume", "synthesis.workers", "n_panels",
+                     "dataset.categories", "dataset.reader.categories")
 # Keys already spelled out in the run dir's path (<task>/<dataset>/<category>/<synthesizer>/seed<seed>-<hash>).
 PATH_KEYS = ("task_name", "dataset.name", "dataset.category", "synthesizer.name", "seed")
 RESOLVED_CONFIG = "resolved_config.yaml"

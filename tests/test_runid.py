@@ -36,7 +36,8 @@ def test_run_dir_is_deterministic_and_follows_the_resolved_config(tmp_path, monk
     assert sub.startswith("demo/brick/cutpaste/seed0-")
     assert _dirs(tmp_path, base) == (run, sub)                                          # no timestamp
     # Locations, logging, device, resume and worker counts do not make another run ...
-    same = ["paths.cache_dir=/elsewhere", "device=cpu", "resume=false", "synthesis.workers=3", "logger=wandb"]
+    same = ["paths.cache_dir=/elsewhere", "device=cpu", "resume=false", "synthesis.workers=3", "logger=wandb",
+            "dataset.categories=[brick,coin]"]  # a sweep over fewer categories shares the full sweep's runs
     assert _dirs(tmp_path, [*base, *same])[0] == run
     assert _dirs(tmp_path, [*base[1:], f"paths.root_dir={tmp_path}/x", f"paths.log_dir={tmp_path}/logs"])[0] == run
     monkeypatch.setenv("HOME", str(tmp_path / "another_home"))   # the default rembg's model_dir follows $HOME
