@@ -127,3 +127,12 @@ class DRAEM(Synthesizer):
     ) -> tuple[np.ndarray, np.ndarray]:
         s = self.synthesize(image, foreground, rng)
         return s.image, s.mask
+
+    def generate_records(
+        self, image: np.ndarray, foreground: np.ndarray, rng: np.random.Generator, n: int
+    ) -> list[tuple[np.ndarray, np.ndarray, dict]]:
+        """Outputs with their whole-image rotation (``rotation``: degrees, None when not rotated), so a
+        comparison with the stored normal image (label fidelity) knows which outputs are not aligned with it.
+        The same draws as :meth:`__call__`."""
+        samples = [self.synthesize(image, foreground, rng) for _ in range(n)]
+        return [(s.image, s.mask, {"rotation": s.rotation}) for s in samples]

@@ -16,9 +16,11 @@ images (``measure: grey``; OpenCV's RGB→grey, as CAI's Eq. 4 label); a pixel c
   changed visibly);
 * ``iou``           |mask ∩ visible| / |mask ∪ visible| (NaN when both are empty: a normal output);
 * ``invisible``     the mask is non-empty but none of its pixels changed visibly;
-* ``misaligned``    more than ``misaligned_share`` of the pixels *outside* the mask changed visibly: the
-  stored normal image is not the base of this output (DRAEM rotates the whole image before synthesis,
-  30 % of draws, and the cache keeps no angle), so the pixel comparison says nothing about its label.
+* ``misaligned``    the synthesizer recorded a whole-image transform of its base (``info["rotation"]`` in
+  the cache record: DRAEM rotates the normal image before synthesis in 30 % of draws), so the stored normal
+  image is not the base of this output and the pixel comparison says nothing about its label. Only the
+  synthesizer's own record decides this: a change outside the mask is otherwise under-labelling (e.g. the
+  Poisson halo outside CAI's tight label), never a guess that the output was transformed.
 
 Summaries are means over outputs of these per-output shares (each output counts once, whatever its
 size), NaNs skipped and misaligned outputs left out (counted in ``n_misaligned``); ``invisible`` becomes
@@ -49,7 +51,6 @@ class FidelityOptions:
 
     measure: str = "ciede2000"
     visibility_threshold: float = 2.3
-    misaligned_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.measure not in MEASURES:
@@ -58,14 +59,10 @@ class FidelityOptions:
         if not self.visibility_threshold >= 0:
             raise ConfigError(f"visibility_threshold must be >= 0, got {self.visibility_threshold}.",
                               where="fidelity.visibility_threshold", fix="Give a non-negative ΔE / grey level.")
-        if not 0 < self.misaligned_share <= 1:
-            raise ConfigError(f"misaligned_share must be in (0, 1], got {self.misaligned_share}.",
-                              where="fidelity.misaligned_share", fix="Give a share of the pixels, e.g. 0.5.")
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> FidelityOptions:
-        return cls(measure=str(cfg["measure"]), visibility_threshold=float(cfg["visibility_threshold"]),
-                   misaligned_share=float(cfg["misaligned_share"]))
+        return cls(measure=str(cfg["measure"]), visibility_threshold=float(cfg["visibility_threshold"]))
 
 
 @dataclass(frozen=True)
@@ -103,9 +100,9 @@ def change_map(normal: np.ndarray, pseudo: np.ndarray, measure: str = "ciede2000
     return out
 
 
-def measure_visible(mask: np.ndarray, visible: np.ndarray, misaligned_share: float = 1.0) -> LabelFidelity:
+def measure_visible(mask: np.ndarray, visible: np.ndarray, misaligned: bool = False) -> LabelFidelity:
     """The measures for a bool label ``mask`` against a bool ``visible``-change map of the same shape;
-    ``misaligned`` when more than ``misaligned_share`` of the pixels outside the mask changed visibly."""
+    ``misaligned``: the output's base is not the stored normal image (see :func:`is_misaligned`)."""
     mask, visible = mask.astype(bool), visible.astype(bool)
     n_mask, n_vis = int(mask.sum()), int(visible.sum())
     inter = int((mask & visible).sum())
@@ -118,15 +115,20 @@ def measure_visible(mask: np.ndarray, visible: np.ndarray, misaligned_share: flo
         under=(n_vis - inter) / n_vis if n_vis else math.nan,
         iou=inter / union if union else math.nan,
         invisible=bool(n_mask and inter == 0),
-        misaligned=bool(total > n_mask and (n_vis - inter) > misaligned_share * (total - n_mask)),
+        misaligned=bool(misaligned),
     )
 
 
-def label_fidelity(normal: np.ndarray, pseudo: np.ndarray, mask: np.ndarray,
-                   options: FidelityOptions) -> tuple[LabelFidelity, np.ndarray]:
-    """Measures of one pseudo anomaly and its change map (for galleries)."""
+def is_misaligned(info: Mapping[str, Any] | None) -> bool:
+    """Whether a cache record says its output's base is a transformed normal image (DRAEM's rotation)."""
+    return bool(info) and info.get("rotation") is not None
+
+
+def label_fidelity(normal: np.ndarray, pseudo: np.ndarray, mask: np.ndarray, options: FidelityOptions,
+                   info: Mapping[str, Any] | None = None) -> tuple[LabelFidelity, np.ndarray]:
+    """Measures of one pseudo anomaly and its change map (for galleries); ``info`` is its cache record's."""
     change = change_map(normal, pseudo, options.measure)
-    return measure_visible(mask, change > options.visibility_threshold, options.misaligned_share), change
+    return measure_visible(mask, change > options.visibility_threshold, is_misaligned(info)), change
 
 
 def summarize(items: Sequence[LabelFidelity]) -> dict[str, Any]:
@@ -154,11 +156,15 @@ def summarize_groups(items: Sequence[LabelFidelity], groups: Sequence[str | None
 
 
 def evaluate_pseudo(normals: Sequence[np.ndarray], pseudo: np.ndarray, masks: np.ndarray,
-                    normal_index: Sequence[int], options: FidelityOptions) -> list[LabelFidelity]:
-    """Measures for every pseudo anomaly ``k`` (made from ``normals[normal_index[k]]``)."""
-    if not len(pseudo) == len(masks) == len(normal_index):
-        raise ValueError("pseudo, masks and normal_index must have one entry per pseudo anomaly")
-    return [label_fidelity(normals[i], pseudo[k], masks[k], options)[0] for k, i in enumerate(normal_index)]
+                    normal_index: Sequence[int], options: FidelityOptions,
+                    infos: Sequence[Mapping[str, Any] | None] | None = None) -> list[LabelFidelity]:
+    """Measures for every pseudo anomaly ``k`` (made from ``normals[normal_index[k]]``; ``infos``: the cache
+    records' provenance, which says when an output's base was transformed)."""
+    infos = list(infos) if infos is not None else [None] * len(pseudo)
+    if not len(pseudo) == len(masks) == len(normal_index) == len(infos):
+        raise ValueError("pseudo, masks, normal_index and infos must have one entry per pseudo anomaly")
+    return [label_fidelity(normals[i], pseudo[k], masks[k], options, infos[k])[0]
+            for k, i in enumerate(normal_index)]
 
 
 def run_summary(fidelity_cfg: Mapping[str, Any], normals: Sequence[np.ndarray], pseudo: np.ndarray,
@@ -171,7 +177,7 @@ def run_summary(fidelity_cfg: Mapping[str, Any], normals: Sequence[np.ndarray], 
 
     infos = [r.info for r in read_manifest(Path(cache_dir))] if cache_dir is not None else None
     options = FidelityOptions.from_config(fidelity_cfg)
-    items = evaluate_pseudo(normals, pseudo, masks, normal_index, options)
+    items = evaluate_pseudo(normals, pseudo, masks, normal_index, options, infos)
     result = {**summarize(items), **asdict(options)}
     key = fidelity_cfg.get("group_by")
     if key and infos is not None and len(infos) == len(items):

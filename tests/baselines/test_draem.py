@@ -75,3 +75,17 @@ def test_texture_dir_error_names_dtd(tmp_path, kind):
         build("draem", texture_dir=str(path))
     msg = str(err.value)
     assert DTD_URL in msg and str(path) in msg and "images/" in msg and "dtd_mini" in msg
+
+
+def test_records_carry_the_rotation_and_the_same_draws_as_calls(texture_dir):
+    """The cache stores each output's rotation, so label fidelity can leave rotated outputs out."""
+    d = build("draem", texture_dir=str(texture_dir), rotate_probability=0.5, normal_probability=0.0)
+    img, fg = _img(), np.ones((48, 48), bool)
+    records = d.generate_records(img, fg, np.random.default_rng(3), 12)
+    calls = [d(img, fg, rng) for rng in [np.random.default_rng(3)] for _ in range(12)]
+    rotations = [info["rotation"] for *_, info in records]
+    assert any(r is None for r in rotations) and any(r is not None for r in rotations)
+    for (out, mask, info), (out2, mask2) in zip(records, calls, strict=True):
+        assert np.array_equal(out, out2) and np.array_equal(mask, mask2)
+        if info["rotation"] is None:
+            assert np.array_equal(out[~mask], img[~mask])  # an unrotated output is aligned with its normal
