@@ -53,7 +53,7 @@ from cai.synth.base import Synthesizer, check_output
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # 3: no empty outputs under the detector protocol (redrawn), stats.json
+CACHE_FORMAT = 4  # 3: no empty outputs under the detector protocol (redrawn), stats.json; 4: DRAEM records its rotation
 
 
 def config_hash(payload: dict[str, Any], length: int = 12) -> str:
