@@ -19,22 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cai.config  # noqa: E402,F401  (config resolvers, PROJECT_ROOT)
 from cai.cli import run_tool  # noqa: E402
-from cai.errors import CaiError  # noqa: E402
-from cai.io import list_images, read_image, resize_image  # noqa: E402
-from cai.synth.base import SynthesisContext  # noqa: E402
-from cai.synth.grid import outline, save_grid  # noqa: E402
+from cai.synth.grid import grid_targets, outline, save_grid  # noqa: E402
 
 
 def run(cfg: DictConfig) -> Path:
-    paths = list_images(Path(cfg.images_dir))[: cfg.n_images]
-    if not paths:
-        raise CaiError("No images found.", where=cfg.images_dir)
-    images = [resize_image(read_image(p), cfg.image_size) for p in paths]
-    foreground = instantiate(cfg.foreground)
-    fgs = [foreground(im, cfg.is_texture) for im in images]
-    context = SynthesisContext(
-        cfg.dataset, cfg.category, cfg.is_texture, cfg.image_size, tuple(cfg.leakage_sources), images, fgs
-    )
+    paths, context = grid_targets(cfg)
+    images, fgs = list(context.normals), list(context.foregrounds)
     rows, labels, outlined = [images], ["normal"], [images]
     for mode in cfg.modes.values():
         syn = instantiate(mode.params)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-from cai.io import write_png
+from cai.errors import CaiError
+from cai.io import list_images, read_image, resize_image, write_png
+from cai.synth.base import SynthesisContext
 
 
 def as_rgb(array: np.ndarray) -> np.ndarray:
@@ -81,3 +84,18 @@ def save_grid(
     grid = tile(rows, labels=labels, cell=cell, pad=pad)
     write_png(path, grid)
     return grid
+
+
+def grid_targets(cfg: Any) -> tuple[list[Path], SynthesisContext]:
+    """The first ``cfg.n_images`` images of ``cfg.images_dir`` (their paths) at ``cfg.image_size`` with their
+    foregrounds (``cfg.foreground``), as the synthesis context the grid scripts prepare every synthesizer with."""
+    from hydra.utils import instantiate
+
+    paths = list_images(Path(cfg.images_dir))[: cfg.n_images]
+    if not paths:
+        raise CaiError("No images found.", where=cfg.images_dir)
+    images = [resize_image(read_image(p), cfg.image_size) for p in paths]
+    foreground = instantiate(cfg.foreground)
+    fgs = [foreground(im, cfg.is_texture) for im in images]
+    return paths, SynthesisContext(cfg.dataset, cfg.category, cfg.is_texture, cfg.image_size,
+                                   tuple(cfg.leakage_sources), images, fgs)
