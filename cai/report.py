@@ -40,7 +40,8 @@ class TableSpec:
     name: str
     title: str
     runs_dir: Path
-    metrics: dict[str, str]                       # column label -> key in metrics.json["metrics"]
+    metrics: dict[str, str]                       # column label -> key in metrics.json["metrics"], or a
+                                                  # dotted path into metrics.json (label_fidelity.under)
     datasets: list[str]
     row_field: str = "display_name"               # dotted path into metrics.json
     rows: list[str] | None = None                 # row order; None = sorted rows found
@@ -68,6 +69,13 @@ def _get(record: dict[str, Any], dotted: str) -> Any:
             return None
         record = record[part]
     return record
+
+
+def run_metric(run: dict[str, Any], key: str) -> float | None:
+    """A run's value of a table metric: ``metrics.json["metrics"][key]``, or for a dotted key the path into
+    metrics.json (e.g. ``label_fidelity.under``, beside AUROC / AP / PRO)."""
+    value = run.get("metrics", {}).get(key) if "." not in key else _get(run, key)
+    return None if value is None else float(value)
 
 
 def finished_run_dirs(runs_dir: Path) -> list[Path]:
@@ -273,8 +281,8 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
                     where=spec.runs_dir,
                     fix="Compare their resolved_config.yaml files and delete the run dir that is not wanted.")
             cell.dirs[key] = str(r.get("run_dir"))
-            cell.values[key] = {k: float(v) for k, v in r["metrics"].items()
-                                if k in spec.metrics.values() and v is not None and not math.isnan(v)}
+            found = {k: run_metric(r, k) for k in spec.metrics.values()}
+            cell.values[key] = {k: v for k, v in found.items() if v is not None and not math.isnan(v)}
     for (row, ds, sel), cell in cells.items():
         _check_one_config(spec, f"{row} / {ds} (selection {sel})", cell)
     for cell in cells.values():  # a (category, seed) that finished elsewhere has not failed
@@ -455,8 +463,8 @@ def _per_category(spec: TableSpec, table: _Table) -> list[str]:
         if "failed" in run:
             vals = ["failed"] * len(spec.metrics)
         else:
-            vals = [MISSING if run["metrics"].get(k) is None or math.isnan(run["metrics"][k])
-                    else f"{spec.scale * run['metrics'][k]:.1f}" for k in spec.metrics.values()]
+            found = [run_metric(run, k) for k in spec.metrics.values()]
+            vals = [MISSING if v is None or math.isnan(v) else f"{spec.scale * v:.1f}" for v in found]
         ids = ([str(_seed(run))] if len(table.seeds) > 1 else []) + (
             [_selection(run)] if len(table.selections) > 1 else [])
         lines.append("| " + " | ".join([str(_get(run, spec.row_field)), run["dataset"], str(run["category"]),

@@ -406,3 +406,13 @@ def test_runs_of_one_cell_with_different_configs_refuse_to_render(tmp_path):
     with pytest.raises(ConfigError) as err:
         _table(tmp_path, rows=["CutPaste"])
     assert "detector.epochs: 1 -> 2" in err.value.message and "gravel" in err.value.message
+
+
+def test_a_dotted_metric_reads_label_fidelity_beside_auroc(tmp_path):
+    """Tables can show metrics.json's label_fidelity next to AUROC / AP / PRO (issue #17)."""
+    _rec(tmp_path, "a", "CAI-N", "brick", {"pixel_auroc": 0.9}, label_fidelity={"under": 0.25, "over": 0.05})
+    _rec(tmp_path, "b", "CAI-N", "coin", {"pixel_auroc": 0.7}, label_fidelity={"under": 0.35, "over": None})
+    text = _table(tmp_path, rows=["CAI-N"], metrics={"AUC": "pixel_auroc", "Under": "label_fidelity.under",
+                                                      "Over": "label_fidelity.over"}, per_category=True)
+    assert "| CAI-N | 80.0 ± 14.1 | 30.0 ± 7.1 | 5.0* (1/2) |\n" in text
+    assert "| CAI-N | demo | coin | 70.0 | 35.0 | X |\n" in text
