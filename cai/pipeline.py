@@ -239,19 +239,20 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         tracker.log_image("samples", prediction_panel(prep.test_images, prep.test_masks, maps.numpy(),
                                                       prep.test_names, n=int(cfg.n_panels)),
                           caption="test image | ground truth | anomaly map")
+        choices, stats = hydra_choices(), read_stats(cache_dir)
         metrics = {
             "dataset": data.dataset, "category": data.category,
             "synthesizer": cfg.synthesizer.name, "display_name": cfg.synthesizer.display_name,
             "selection": cfg.detector.selection, "selected_epoch": selected["epoch"],
             "metrics": {k: selected[k] for k in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")},
             "n_train_normal": len(train.normals), "n_pseudo": len(train.pseudo), "n_test": len(prep.test_images),
-            "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, hydra_choices()),
+            "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, choices),
             "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
                                                      normal_index, cache_dir),
-            "synthesis": {k: read_stats(cache_dir)[k] for k in ("n", "redrawn")},
+            "synthesis": {k: stats[k] for k in ("n", "redrawn")},
             # DRAEM / GLASS anomaly-source textures ("dtd" / "dtd_mini"); null for synthesizers without
             "texture_source": cfg.synthesizer.get("texture_source"),
-            "budget": hydra_choices().get("budget", "paper"),
+            "budget": choices.get("budget", "paper"),
         }
         if val is not None:
             metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cai.errors import ConfigError, DatasetError
 from cai.io import check_writable
+from cai.synth.cai import check_quota_sum
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 SELECTIONS = ("best", "val", "last")  # detector.selection (cai/detect/trainer.py)
@@ -99,13 +100,8 @@ def check_synthesis(cfg: DictConfig) -> None:
         return
     quotas = OmegaConf.to_container(scale, resolve=True)
     assert isinstance(quotas, dict)
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in quotas.values()) and sum(quotas.values()) != n:
-        raise ConfigError(
-            f"The CAI scale quotas {quotas} add up to {sum(quotas.values())}, but each normal image gets "
-            f"synthesizer.n_per_image={n} pseudo anomalies.",
-            where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
-            fix=f"Give scale.large, scale.medium and scale.small that add up to {n} (paper: 4:3:3 for 10), or "
-                "change synthesizer.n_per_image to match.")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in quotas.values()):
+        check_quota_sum(quotas, n)
 
 
 def min_image_size(cfg: DictConfig) -> int:

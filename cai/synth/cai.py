@@ -195,6 +195,19 @@ def check_quotas(quotas: Mapping[str, Any]) -> dict[str, int]:
     return {s: int(quotas.get(s, 0)) for s in SCALES}
 
 
+def check_quota_sum(quotas: Mapping[str, int], n_per_image: int) -> None:
+    """The MAS quotas must add up to the outputs per normal image (no silent rescaling), else ConfigError."""
+    total = sum(quotas.values())
+    if total != n_per_image:
+        raise ConfigError(
+            f"The CAI scale quotas {dict(quotas)} add up to {total}, but each normal image gets "
+            f"synthesizer.n_per_image={n_per_image} pseudo anomalies.",
+            where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
+            fix=f"Give scale.large, scale.medium and scale.small that add up to {n_per_image} "
+                "(paper: 4:3:3 for 10), or change synthesizer.n_per_image to match.",
+        )
+
+
 def apportion(quotas: Mapping[str, int], n: int) -> dict[str, int]:
     """Scale ``quotas`` to sum to ``n`` by largest remainders (ties go to the larger scale)."""
     total = sum(quotas.values())
@@ -299,14 +312,8 @@ class CAISynthesizer(Synthesizer):
         A bank built from config is kept (with its loaded patterns) while the leakage sources stay the
         same, e.g. across the categories of one dataset.
         """
-        if context.n_per_image is not None and sum(self.quotas.values()) != int(context.n_per_image):
-            raise ConfigError(
-                f"The CAI scale quotas {self.quotas} add up to {sum(self.quotas.values())}, but each normal image "
-                f"gets synthesizer.n_per_image={context.n_per_image} pseudo anomalies.",
-                where="the scale config group (conf/scale/*.yaml, scale.large/medium/small overrides)",
-                fix=f"Give scale.large, scale.medium and scale.small that add up to {context.n_per_image} "
-                    "(paper: 4:3:3 for 10), or change synthesizer.n_per_image to match.",
-            )
+        if context.n_per_image is not None:
+            check_quota_sum(self.quotas, int(context.n_per_image))
         leak = tuple(sorted({canonical_source(s, where="leakage_sources") for s in context.leakage_sources}))
         if self._bank_cfg is not None:
             if self.bank is None or leak != self._bank_leak:
