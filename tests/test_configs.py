@@ -55,13 +55,13 @@ def test_budgets(tmp_path):
         assert (cfg.detector.epochs, cfg.detector.samples_per_epoch, cfg.detector.eval_every) == (200, 1000, 1)
     cpu = _compose(["budget=cpu", "dataset=bsdata"], tmp_path)
     assert (cpu.dataset.image_size, cpu.detector.model.base_width) == (128, 16)
-    assert (cpu.detector.epochs, cpu.detector.samples_per_epoch, cpu.detector.eval_every) == (30, 240, 5)
+    assert (cpu.detector.epochs, cpu.detector.samples_per_epoch, cpu.detector.eval_every) == (20, 240, 5)
     bs = _compose(["experiment=bsdata"], tmp_path)
-    assert bs.dataset.name == "bsdata" and bs.detector.epochs == 30 and bs.dataset.image_size == 128
+    assert bs.dataset.name == "bsdata" and bs.detector.epochs == 20 and bs.dataset.image_size == 128
     assert bs.hydra.sweeper.params.seed == "0,1,2"
     assert bs.hydra.sweep.subdir.startswith("bsdata/ball_screw/cutpaste/seed0-")
     swept = bs.hydra.sweeper.params.synthesizer.split(",")
-    assert len(swept) == 10 and {"realnet", "cai_n_context", "cai_n_tight"} <= set(swept)
+    assert set(swept) == {"cutpaste", "nsa_n", "nsa_m", "draem", "glass", "cai_n", "cai_m", "realnet"}
     demo = _compose(["experiment=demo"], tmp_path)
     assert demo.daad.manifest.endswith("cai/data/demo_bank/manifest.csv")
     assert demo.hydra.sweeper.params.synthesizer == "cutpaste,cai_n"
