@@ -33,7 +33,7 @@ from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
 from cai.synth.groups import check_synthesizer_groups, recorded_choices
 from cai.track import Tracker, manifest_digest, write_run_info
-from cai.validate import check_test_set, validate_job
+from cai.validate import check_memory, check_test_set, validate_job
 from cai.viz import prediction_panel, synthesis_panel
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_hydra_files(run_dir, cfg)
     seed_everything(int(cfg.seed))
     data = load_category(cfg) if data is None else data
+    check_memory(cfg, len(data.train), len(data.test))  # before any image is read
     prep = prepare_category(cfg, data)
     check_test_set(prep.test_labels, Path(data.root) / data.category)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)

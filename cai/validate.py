@@ -126,6 +126,54 @@ def check_image_size(cfg: DictConfig) -> None:
             fix=f"Use dataset.image_size={lower} or {upper} (the paper uses 256).")
 
 
+def available_memory() -> int | None:
+    """Bytes the kernel says a new allocation can get (``MemAvailable``), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def estimate_job_memory(n_train: int, n_test: int, n_per_image: int, image_size: int) -> int:
+    """Bytes of images a run holds in host memory at once (cai/pipeline.py::_run_job).
+
+    Normal and pseudo images are uint8 HxWx3, each held twice (the prepared numpy array and the CHW tensor
+    copy), pseudo masks one byte per pixel; test images likewise twice plus their masks and the float32
+    anomaly maps. The model, the optimizer and per-batch tensors are small beside this at the sizes where
+    the estimate matters.
+    """
+    pixels = image_size * image_size
+    n_pseudo = n_train * n_per_image
+    train = (n_train + n_pseudo) * 3 * pixels * 2 + n_pseudo * pixels
+    test = n_test * (3 * pixels * 2 + pixels + 4 * pixels)
+    return train + test
+
+
+def check_memory(cfg: DictConfig, n_train: int, n_test: int, available: int | None = None) -> None:
+    """Stop before reading images when the run cannot fit in memory (else the OS kills it with no message)."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    size = int(cfg.dataset.image_size)
+    per_image = int(cfg.synthesizer.n_per_image)
+    need = estimate_job_memory(n_train, n_test, per_image, size)
+    if need > available:
+        gib = 1024 ** 3
+        fitting = size
+        while fitting > min_image_size(cfg) and estimate_job_memory(n_train, n_test, per_image, fitting) > available:
+            fitting //= 2
+        raise ConfigError(
+            f"This run would hold ~{need / gib:.1f} GiB of images in memory ({n_train} training images x "
+            f"(1 + {per_image} pseudo anomalies) and {n_test} test images at {size}x{size} px), but only "
+            f"{available / gib:.1f} GiB is available: the operating system would kill it without a message.",
+            where="dataset.image_size",
+            fix=f"Use a smaller dataset.image_size (e.g. {fitting}; the paper uses 256) or fewer pseudo "
+                f"anomalies per image (synthesizer.n_per_image), or free memory.")
+
+
 # -- overrides --------------------------------------------------------------------------------------------
 def _task_overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig

@@ -111,3 +111,27 @@ def test_finished_run_on_replaced_images_is_refused_not_reported(tmp_path):
     with pytest.raises(RunDataConflict) as err:
         run_job(cfg, run_dir)
     assert "train images differ" in err.value.message and str(run_dir) in err.value.message
+
+
+def test_run_too_big_for_memory_stops_before_reading_images(tmp_path, monkeypatch):
+    """The pipeline asks check_memory before prepare_category: no image is read, no cache is made."""
+    from omegaconf import open_dict
+
+    import cai.pipeline as pipeline
+    from cai.errors import ConfigError
+
+    root = tmp_path / "data"
+    for i in range(3):
+        _write(root / "part" / "train" / "good" / f"{i}.png", np.full((40, 40, 3), 100 + i, np.uint8))
+    _write(root / "part" / "test" / "good" / "n.png", np.full((40, 40, 3), 100, np.uint8))
+    _write(root / "part" / "test" / "dent" / "d.png", np.full((40, 40, 3), 200, np.uint8))
+    _write(root / "part" / "ground_truth" / "dent" / "d_mask.png", np.full((40, 40), 255, np.uint8))
+    cfg = _folder_cfg(tmp_path, root)
+    with open_dict(cfg):
+        cfg.dataset.image_size = 4096
+    monkeypatch.setattr("cai.validate.available_memory", lambda: 256 * 1024 ** 2)  # 256 MiB free
+    read = []
+    monkeypatch.setattr(pipeline, "prepare_category", lambda *a: read.append(a))
+    with pytest.raises(ConfigError, match="in memory"):
+        pipeline.run_job(cfg, tmp_path / "run")
+    assert read == [] and not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]

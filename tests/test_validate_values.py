@@ -53,3 +53,21 @@ def test_cai_quotas_must_add_up_before_any_data_is_read(overrides, tmp_path):
     with pytest.raises(ConfigError) as err:
         validate_job(cfg, tmp_path / "run")
     assert "add up to" in err.value.message
+
+
+def test_a_run_too_big_for_memory_stops_with_a_size_that_fits(tmp_path):
+    """image_size=4096 used to be OOM-killed with no message; now it stops before any image is read."""
+    from cai.validate import check_memory, estimate_job_memory
+
+    cfg = compose_config("config", [*BASE, "dataset.image_size=4096"], tmp_path)
+    per_image = int(cfg.synthesizer.n_per_image)
+    need = estimate_job_memory(200, 100, per_image, 4096)
+    assert need > 100 * 1024 ** 3  # 200 x 11 uint8 images of 4096^2 x 3, twice: ~220 GiB
+    with pytest.raises(ConfigError) as err:
+        check_memory(cfg, 200, 100, available=24 * 1024 ** 3)
+    assert "dataset.image_size" in err.value.message and "GiB" in err.value.message
+    fits = int(err.value.fix.split("e.g. ")[1].split(";")[0])
+    assert fits < 4096 and estimate_job_memory(200, 100, per_image, fits) <= 24 * 1024 ** 3
+    check_memory(cfg, 200, 100, available=need)  # exactly enough: no error
+    cfg256 = compose_config("config", [*BASE, "dataset.image_size=256"], tmp_path)
+    check_memory(cfg256, 200, 100, available=24 * 1024 ** 3)
