@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cai.config  # noqa: E402,F401  (config resolvers, PROJECT_ROOT)
 from cai.cli import run_tool  # noqa: E402
+from cai.errors import ConfigError  # noqa: E402
 from cai.io import write_text  # noqa: E402
 from cai.report import TableSpec, collect_failed, collect_runs, dataset_categories, render  # noqa: E402
 
@@ -31,6 +32,10 @@ def make_table(cfg: DictConfig) -> None:
     spec = TableSpec(**{**t, "runs_dir": Path(t["runs_dir"]),
                         "paper_csv": Path(t["paper_csv"]) if t.get("paper_csv") else None,
                         "texture_notes": {**OmegaConf.to_container(cfg.texture_notes), **t.get("texture_notes", {})}})
+    if not spec.runs_dir.is_dir():  # a mistyped table.runs_dir used to render an all-X table and exit 0
+        raise ConfigError(f"No run directory at {spec.runs_dir}: nothing to tabulate.", where="table.runs_dir",
+                          fix="Run the experiment first (see the table's make target), or point "
+                              "table.runs_dir=... at the folder that holds its run dirs.")
     text = render(spec, collect_runs(spec.runs_dir, spec.source), collect_failed(spec.runs_dir))
     write_text(output, text)
     print(text)

@@ -65,3 +65,14 @@ def test_multirun_with_a_failed_job_exits_nonzero_after_the_others(tmp_path):
     assert "1 job(s) of this multirun failed" in proc.stderr
     assert str(sweep / "no_such_category") in proc.stderr
     assert str(sweep / "coin") + "\n" not in proc.stderr and f"{sweep / 'coin'}:" not in proc.stderr
+
+
+def test_a_mistyped_runs_dir_stops_instead_of_rendering_an_empty_table(tmp_path):
+    out = tmp_path / "t.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_table.py"), "table=bsdata",
+         f"table.runs_dir={tmp_path / 'no_such_sweep'}", f"table.output={out}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "table.runs_dir" in proc.stderr + proc.stdout and "no_such_sweep" in proc.stderr + proc.stdout
+    assert not out.exists()
