@@ -133,7 +133,10 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     A pixel is anomalous when the anomalous area covers at least ``MASK_MIN_COVERAGE`` of it (exact
     area weights, up- or down-scaling). A connected defect (8-connectivity) that would then vanish, such
     as a 1-px scratch shrunk 4x, keeps every pixel it touches, so no anomalous image turns normal and
-    thin defects stay lines instead of dotted remnants.
+    thin defects stay lines instead of dotted remnants. When shrinking, the parts of a defect thinner than
+    one output pixel (what a morphological opening with an output-pixel-sized box removes, e.g. a crack
+    running out of a blob) also keep the output pixels their centre line (skeleton) touches, so a thin
+    crack attached to a large blob is not cut off at the blob.
     """
     h, w = (size, size) if isinstance(size, int) else size
     mask = mask.astype(bool, copy=False)
@@ -142,6 +145,7 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     out = mask_coverage(mask, (h, w)) >= MASK_MIN_COVERAGE - 1e-6
     if not mask.any():
         return out
+    out |= _thin_part_cells(mask, (h, w))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     rows, cols = _area_weights(mask.shape[0], h), _area_weights(mask.shape[1], w)
     for c in range(1, n):
@@ -153,6 +157,23 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
         if (cov >= MASK_MIN_COVERAGE - 1e-6).any():
             continue
         out[np.ix_(r_used, k_used)] |= cov > 0
+    return out
+
+
+def _thin_part_cells(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Output pixels touched by the centre line of the parts of ``mask`` thinner than one output pixel."""
+    from skimage.morphology import opening, skeletonize
+
+    h, w = size
+    kh, kw = int(np.ceil(mask.shape[0] / h)), int(np.ceil(mask.shape[1] / w))
+    out = np.zeros((h, w), bool)
+    if kh <= 1 and kw <= 1:  # enlarging: nothing is thinner than an output pixel
+        return out
+    thin = mask & ~opening(mask, np.ones((kh, kw), bool))  # skimage: exact for even box sizes, unlike cv2
+    if not thin.any():
+        return out
+    rows, cols = np.nonzero(skeletonize(thin))
+    out[(rows * h) // mask.shape[0], (cols * w) // mask.shape[1]] = True
     return out
 
 

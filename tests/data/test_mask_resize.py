@@ -119,3 +119,16 @@ def _detector_cfg():
     return OmegaConf.create({"loss": {"gamma": 2.0, "alpha": 1.0, "smooth": 1e-5}, "selection": "best",
                              "eval_batch_size": 2, "pro_fpr_limit": 0.3, "image_score_pool": 3, "amp": False,
                              "channels_last": False})
+
+
+def test_a_thin_crack_attached_to_a_blob_keeps_its_length():
+    """A 1-px crack running 400 px out of a 200-px blob: the blob alone used to survive the 4x shrink."""
+    mask = np.zeros((1024, 1024), bool)
+    mask[100:300, 100:300] = True
+    mask[200, 300:700] = True  # the crack, joined to the blob
+    out = resize_mask(mask, 256)
+    crack = out[48:53, 75:175]  # output rows around 200/4, columns 300/4 .. 700/4
+    assert crack.any(axis=0).sum() >= 99  # a continuous line of ~100 output pixels
+    assert out[:, 75:].sum() <= 2 * 100  # a line, not a band
+    blob = out[25:75, 25:75]
+    assert blob.all() and out[:, :75].sum() == 50 * 50  # the blob keeps the majority rule exactly
