@@ -377,11 +377,13 @@ def test_every_table_config_renders_with_no_runs(tmp_path):
     spec.loader.exec_module(module)
     for path in sorted((REPO_ROOT / "conf" / "table").glob("*.yaml")):
         cfg = compose_config("make_table", [f"table={path.stem}"], tmp_path)
+        (tmp_path / "none").mkdir(exist_ok=True)  # an empty sweep dir (a missing one stops make_table)
         with open_dict(cfg):
             cfg.table.runs_dir, cfg.table.output = str(tmp_path / "none"), str(tmp_path / f"{path.stem}.md")
         module.make_table(cfg)
         text = (tmp_path / f"{path.stem}.md").read_text()
         assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a)\n"), path.stem
+        assert _read_csv(tmp_path / f"{path.stem}.csv")[1] == []  # header only: no run dir
 
 
 def test_two_finished_runs_of_one_cell_refuse_to_render(tmp_path):
