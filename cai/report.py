@@ -9,6 +9,10 @@ naming what is missing; a cell with no run at all is "X". A table comes from one
 ``cpu``) and says so in its heading, with the selection(s); selections are shown side by side, never
 averaged together. Optionally a paired comparison (candidate − strongest baseline per seed) follows.
 
+Beside each markdown table, :func:`write_runs_csv` writes the long table of the sweep (one CSV row per run
+dir, finished, failed or unfinished, with a ``status`` column; every metric, the dotted extras of
+metrics.json and the Hydra choices), for pandas or any spreadsheet.
+
 Two shapes of paper table are read: *long* (one CSV row per (method, dataset), one column per metric:
 Tables 1, 3, 4) and *wide* (one CSV row per method, one column per dataset, a single metric: Table 2's
 FID). Per-run numbers come from ``metrics.json`` or, for Table 2, from ``fid.json``
@@ -18,6 +22,7 @@ FID). Per-run numbers come from ``metrics.json`` or, for Table 2, from ``fid.jso
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import statistics
@@ -113,6 +118,26 @@ def _select(cfg: Any, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
 
 
+def _hydra_identity(run_dir: Path) -> dict[str, Any]:
+    """A run's identity keys as metrics.json names them, read from ``.hydra/config.yaml`` and the Hydra
+    choices from ``.hydra/hydra.yaml`` (what a run dir without metrics.json still holds); {} when absent."""
+    record: dict[str, Any] = {}
+    cfg_file, hydra_file = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml"
+    if cfg_file.is_file():
+        cfg = OmegaConf.load(cfg_file)
+        record.update({"dataset": _select(cfg, "dataset.name"), "category": _select(cfg, "dataset.category"),
+                       "synthesizer": _select(cfg, "synthesizer.name"),
+                       "display_name": _select(cfg, "synthesizer.display_name"), "seed": _select(cfg, "seed"),
+                       "selection": _select(cfg, "detector.selection")})
+    if hydra_file.is_file():
+        choices = _select(OmegaConf.load(hydra_file), "hydra.runtime.choices")
+        if choices is not None:
+            choices = {str(k): str(v) for k, v in OmegaConf.to_container(choices, resolve=False).items()}
+            record["choices"] = choices
+            record["budget"] = choices.get("budget")
+    return record
+
+
 def collect_failed(runs_dir: Path) -> list[dict[str, Any]]:
     """Every failed run under ``runs_dir`` (``failed.txt``, no ``done``) as a metrics.json-like record
     (identity keys from ``.hydra/config.yaml`` and ``.hydra/hydra.yaml``) with ``failed``: its reason."""
@@ -122,21 +147,100 @@ def collect_failed(runs_dir: Path) -> list[dict[str, Any]]:
         if (run_dir / "done").is_file():
             continue
         record: dict[str, Any] = {"failed": failure_reason(marker), "run_dir": str(run_dir), "metrics": {}}
-        cfg_file, hydra_file = run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml"
-        if cfg_file.is_file():
-            cfg = OmegaConf.load(cfg_file)
-            record.update({"dataset": _select(cfg, "dataset.name"), "category": _select(cfg, "dataset.category"),
-                           "synthesizer": _select(cfg, "synthesizer.name"),
-                           "display_name": _select(cfg, "synthesizer.display_name"), "seed": _select(cfg, "seed"),
-                           "selection": _select(cfg, "detector.selection")})
-        if hydra_file.is_file():
-            choices = _select(OmegaConf.load(hydra_file), "hydra.runtime.choices")
-            if choices is not None:
-                choices = {str(k): str(v) for k, v in OmegaConf.to_container(choices, resolve=False).items()}
-                record["choices"] = choices
-                record["budget"] = choices.get("budget")
+        record.update(_hydra_identity(run_dir))
         out.append(record)
     return out
+
+
+def collect_unfinished(runs_dir: Path) -> list[dict[str, Any]]:
+    """Every run started under ``runs_dir`` that neither finished (``done``) nor failed (``failed.txt``):
+    still running, or killed. A run dir is recognised by the ``.hydra/config.yaml`` run_job writes first."""
+    out = []
+    for cfg_file in sorted(Path(runs_dir).rglob("config.yaml")):
+        run_dir = cfg_file.parent.parent
+        if cfg_file.parent.name != ".hydra" or (run_dir / "done").is_file() or (run_dir / "failed.txt").is_file():
+            continue
+        out.append({"run_dir": str(run_dir), "metrics": {}, **_hydra_identity(run_dir)})
+    return out
+
+
+#: The leading columns of the runs CSV, in this order; then metrics, dotted extras, choices, run_dir, reason.
+RUNS_CSV_IDENTITY = ("status", "dataset", "category", "synthesizer", "display_name", "seed", "budget", "selection")
+
+
+def _flatten(value: Any, prefix: str) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"<prefix>.a.b": 1}``; lists stay one cell (JSON)."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: json.dumps(value) if isinstance(value, list | tuple) else value}
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # full precision; NaN as "nan", which pandas and float() read back
+    return str(value)
+
+
+def runs_long_table(runs_dir: Path, source: str = "metrics.json") -> tuple[list[str], list[dict[str, Any]]]:
+    """Every run dir under ``runs_dir`` as one row: ``status`` (finished / failed / unfinished), the identity
+    columns, each metric of ``metrics.json["metrics"]`` under its own name, every other metrics.json value
+    as a dotted column (``label_fidelity.over``, ``synthesis.n``, ...), the Hydra choices (``choices.daad``),
+    ``run_dir`` and, for a failed run, ``reason``. With another ``source`` (Table 2's ``fid.json``) its
+    ``metrics`` join as ``<stem>.<metric>`` (``fid.fid``). Returns (columns, rows); rows are sorted."""
+    finished = []
+    for d in finished_run_dirs(runs_dir):
+        record = {**json.loads((d / "metrics.json").read_text()), "run_dir": str(d), "status": "finished"}
+        if source != "metrics.json" and (d / source).is_file():
+            extra = json.loads((d / source).read_text())
+            record[Path(source).stem] = {**(extra.get("metrics") or {}),
+                                         **({"error": extra["error"]} if extra.get("error") else {})}
+        finished.append(record)
+    failed = [{**{k: v for k, v in r.items() if k != "failed"}, "status": "failed", "reason": r["failed"]}
+              for r in collect_failed(runs_dir)]
+    unfinished = [{**r, "status": "unfinished"} for r in collect_unfinished(runs_dir)]
+    rows, metric_cols, extra_cols, choice_cols = [], set(), set(), set()
+    for record in [*finished, *failed, *unfinished]:
+        rest = {k: v for k, v in record.items()
+                if k not in {*RUNS_CSV_IDENTITY, "metrics", "choices", "run_dir", "reason"}}
+        extras, metrics = _flatten(rest, ""), dict(record.get("metrics") or {})
+        choices = _flatten(record.get("choices") or {}, "choices")
+        row = {**extras, **metrics, **choices}  # a metric wins over an extra of the same name
+        row.update({k: record.get(k) for k in (*RUNS_CSV_IDENTITY, "run_dir", "reason")})
+        metric_cols.update(metrics)
+        extra_cols.update(extras)
+        choice_cols.update(choices)
+        rows.append(row)
+    extra_cols -= metric_cols | set(RUNS_CSV_IDENTITY)
+    columns = [*RUNS_CSV_IDENTITY, *sorted(metric_cols), *sorted(extra_cols), *sorted(choice_cols), "run_dir",
+               "reason"]
+
+    def order(row: dict[str, Any]) -> tuple:
+        seed = row.get("seed")
+        return (*(str(row.get(k) or "") for k in ("dataset", "category", "display_name")),
+                int(seed) if isinstance(seed, int) else -1, str(row.get("selection") or ""), str(row["run_dir"]))
+
+    rows.sort(key=order)
+    return columns, rows
+
+
+def write_runs_csv(path: Path, runs_dir: Path, source: str = "metrics.json") -> int:
+    """Write :func:`runs_long_table` as CSV to ``path`` (atomically; empty cell = no value); returns the
+    number of runs written."""
+    from cai.io import write_text
+
+    columns, rows = runs_long_table(runs_dir, source)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+    write_text(path, buf.getvalue())
+    return len(rows)
 
 
 def dataset_categories(datasets: list[str], dataset_conf_dir: Path) -> dict[str, list[str]]:

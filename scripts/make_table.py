@@ -1,4 +1,5 @@
-"""Collect finished (and failed) run dirs into ``results/<table>.md`` beside the paper's numbers and print it.
+"""Collect finished (and failed) run dirs into ``results/<table>.md`` beside the paper's numbers and print it;
+``results/<table>.csv`` beside it is the long table, one row per run dir with its status (cai/report.py).
 
     python scripts/make_table.py table=table1
     python scripts/make_table.py table=table1 table.budget=cpu table.selections=[best,val]
@@ -18,7 +19,14 @@ import cai.config  # noqa: E402,F401  (config resolvers, PROJECT_ROOT)
 from cai.cli import run_tool  # noqa: E402
 from cai.errors import ConfigError  # noqa: E402
 from cai.io import write_text  # noqa: E402
-from cai.report import TableSpec, collect_failed, collect_runs, dataset_categories, render  # noqa: E402
+from cai.report import (  # noqa: E402
+    TableSpec,
+    collect_failed,
+    collect_runs,
+    dataset_categories,
+    render,
+    write_runs_csv,
+)
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -38,8 +46,10 @@ def make_table(cfg: DictConfig) -> None:
                               "table.runs_dir=... at the folder that holds its run dirs.")
     text = render(spec, collect_runs(spec.runs_dir, spec.source), collect_failed(spec.runs_dir))
     write_text(output, text)
+    csv_path = output.with_suffix(".csv")
+    n_runs = write_runs_csv(csv_path, spec.runs_dir, spec.source)
     print(text)
-    print(f"written to {output}")
+    print(f"written to {output}; every run dir ({n_runs}, with its status) to {csv_path}")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="make_table")

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,11 @@ def test_make_table_script_marks_failed_category_and_refuses_mixed_budgets(tmp_p
     assert "- CutPaste / demo: 3/4 runs; failed: coin (Category 'coin' has no training images)\n" in text
     assert "| CutPaste | demo | coin | failed | failed | failed |\n" in text
     assert "\nNote: DRAEM/GLASS used dtd_mini (300 textures), not the full DTD.\n" in text
+    columns, rows = _read_csv(out.with_suffix(".csv"))  # the long table beside the markdown
+    assert {r["category"]: r["status"] for r in rows} == {"brick": "finished", "grass": "finished",
+                                                          "gravel": "finished", "coin": "failed"}
+    assert {"status", "pixel_auroc", "texture_source", "run_dir", "reason"} <= set(columns)
+    assert "demo.csv" in proc.stdout
 
     _rec(runs, "brick-cpu", "CutPaste", "brick", {"pixel_auroc": 0.5}, budget="cpu")
     mixed = make()
@@ -371,11 +377,13 @@ def test_every_table_config_renders_with_no_runs(tmp_path):
     spec.loader.exec_module(module)
     for path in sorted((REPO_ROOT / "conf" / "table").glob("*.yaml")):
         cfg = compose_config("make_table", [f"table={path.stem}"], tmp_path)
+        (tmp_path / "none").mkdir(exist_ok=True)  # an empty sweep dir (a missing one stops make_table)
         with open_dict(cfg):
             cfg.table.runs_dir, cfg.table.output = str(tmp_path / "none"), str(tmp_path / f"{path.stem}.md")
         module.make_table(cfg)
         text = (tmp_path / f"{path.stem}.md").read_text()
         assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a)\n"), path.stem
+        assert _read_csv(tmp_path / f"{path.stem}.csv")[1] == []  # header only: no run dir
 
 
 def test_two_finished_runs_of_one_cell_refuse_to_render(tmp_path):
@@ -416,3 +424,81 @@ def test_a_dotted_metric_reads_label_fidelity_beside_auroc(tmp_path):
                                                       "Over": "label_fidelity.over"}, per_category=True)
     assert "| CAI-N | 80.0 ± 14.1 | 30.0 ± 7.1 | 5.0* (1/2) |\n" in text
     assert "| CAI-N | demo | coin | 70.0 | 35.0 | X |\n" in text
+
+
+# --- the long CSV of a whole sweep (issue #15) ---
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The CSV as pandas.read_csv would see it (header + rows), with the csv module (no pandas here)."""
+    import csv
+
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def test_runs_csv_has_one_row_per_run_dir_with_its_status(tmp_path):
+    from omegaconf import OmegaConf
+
+    from cai.report import RUNS_CSV_IDENTITY, write_runs_csv
+
+    runs = tmp_path / "raw"
+    choices = {"daad": "daad_mini", "budget": "cpu", "foreground": "otsu"}
+    _rec(runs, "cai-brick", "CAI-N", "brick", {"pixel_auroc": 0.9125, "pixel_ap": 0.5, "pro": float("nan")},
+         synthesizer="cai_n", seed=0, budget="cpu", selection="best", choices=choices,
+         label_fidelity={"over": 0.05, "under": 0.25, "by_scale": {"small": {"over": 0.1}}},
+         synthesis={"n": 40, "redrawn": 2}, n_pseudo=40)
+    _rec(runs, "cp-coin", "CutPaste", "coin", {"pixel_auroc": 0.7, "pixel_ap": 0.25, "pro": 0.6,
+                                               "image_ap": 0.8},  # a metric only this run has
+         synthesizer="cutpaste", seed=1, budget="cpu", selection="val", choices={"budget": "cpu"})
+    _failed(runs, "cp-gravel", "CutPaste", "demo", "gravel", "Category 'gravel' has no training images\n",
+            seed=2, budget="cpu")
+    unfinished = runs / "cai-grass"  # started (run_job wrote .hydra/config.yaml), never done nor failed
+    (unfinished / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"dataset": {"name": "demo", "category": "grass"}, "seed": 0,
+                                     "synthesizer": {"name": "cai_n", "display_name": "CAI-N"}}),
+                   unfinished / ".hydra" / "config.yaml")
+    (runs / "stray" / "metrics.json").parent.mkdir(parents=True)  # metrics without done, no .hydra: no run
+    (runs / "stray" / "metrics.json").write_text("{}")
+
+    out = tmp_path / "t.csv"
+    assert write_runs_csv(out, runs) == 4
+    columns, rows = _read_csv(out)
+    assert columns[: len(RUNS_CSV_IDENTITY)] == list(RUNS_CSV_IDENTITY)
+    assert columns[len(RUNS_CSV_IDENTITY):][:5] == ["image_ap", "pixel_ap", "pixel_auroc", "pro",  # metrics first
+                                                    "label_fidelity.by_scale.small.over"]
+    for col in ("label_fidelity.over", "label_fidelity.under", "synthesis.n", "n_pseudo", "choices.daad",
+                "choices.foreground", "run_dir", "reason"):
+        assert col in columns, col
+    assert columns[-2:] == ["run_dir", "reason"] and len(columns) == len(set(columns))
+    by_cat = {r["category"]: r for r in rows}
+    assert [r["category"] for r in rows] == ["brick", "coin", "grass", "gravel"]  # sorted by dataset, category
+    brick = by_cat["brick"]
+    assert (brick["status"], brick["dataset"], brick["synthesizer"], brick["display_name"], brick["seed"],
+            brick["budget"], brick["selection"]) == ("finished", "demo", "cai_n", "CAI-N", "0", "cpu", "best")
+    assert float(brick["pixel_auroc"]) == 0.9125 and math.isnan(float(brick["pro"])) and brick["image_ap"] == ""
+    assert float(brick["label_fidelity.under"]) == 0.25 and brick["synthesis.n"] == "40"
+    assert brick["choices.daad"] == "daad_mini" and brick["run_dir"] == str(runs / "cai-brick")
+    assert brick["reason"] == ""
+    coin = by_cat["coin"]
+    assert (coin["status"], coin["seed"], coin["selection"], float(coin["image_ap"])) == ("finished", "1", "val", 0.8)
+    assert coin["choices.daad"] == "" and coin["label_fidelity.over"] == ""
+    gravel = by_cat["gravel"]
+    assert (gravel["status"], gravel["display_name"], gravel["seed"], gravel["budget"]) == ("failed", "CutPaste",
+                                                                                             "2", "cpu")
+    assert gravel["reason"] == "Category 'gravel' has no training images" and gravel["pixel_auroc"] == ""
+    assert gravel["run_dir"] == str(runs / "cp-gravel")
+    grass = by_cat["grass"]
+    assert (grass["status"], grass["display_name"], grass["pixel_auroc"]) == ("unfinished", "CAI-N", "")
+
+
+def test_runs_csv_joins_the_table_source_metrics(tmp_path):
+    """Table 2's CSV: the detection metrics of metrics.json and fid.json's FID / KID as fid.<metric>."""
+    from cai.report import write_runs_csv
+
+    _fid_run(tmp_path, "a", "CAI-M", "mvtec", "bottle", 12.5)
+    out = tmp_path / "t2.csv"
+    assert write_runs_csv(out, tmp_path, source="fid.json") == 1
+    columns, rows = _read_csv(out)
+    assert {"pixel_auroc", "fid.fid", "fid.kid"} <= set(columns)
+    assert (float(rows[0]["fid.fid"]), float(rows[0]["pixel_auroc"])) == (12.5, 0.9)

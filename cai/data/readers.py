@@ -1,4 +1,5 @@
-"""Readers for the on-disk dataset layouts (MVTec AD, any MVTec-layout folder, VisA, KolektorSDD2).
+"""Readers for the on-disk dataset layouts (MVTec AD, any MVTec-layout folder such as MPDD, VisA,
+KolektorSDD2, BTAD).
 
 Each reader is built from config keywords (``name``, ``root``, ``categories``, ``textures``,
 ``download``) through Hydra's ``_target_`` and turns one category into a :class:`CategoryData` of
@@ -102,6 +103,11 @@ class MVTecReader(BaseReader):
         "(normal test images in test/good), <root>/<category>/ground_truth/<defect>/<stem>_mask.png"
     )
     mask_suffix: ClassVar[str] = "_mask"
+    normal_dir: ClassVar[str] = NORMAL  # the folder name of normal images under train/ and test/
+
+    def mask_candidates(self, cat_dir: Path, defect: str, image: Path) -> list[Path]:
+        """Where the mask of an anomalous test image may be, in order of preference (first one found wins)."""
+        return [cat_dir / "ground_truth" / defect / f"{image.stem}{self.mask_suffix}.png"]
 
     def load(self, category: str) -> CategoryData:
         self.check_root()
@@ -109,7 +115,7 @@ class MVTecReader(BaseReader):
         cat_dir = self.root / category
         if not cat_dir.is_dir():
             raise self.error(f"Category folder for {category!r} is missing.", cat_dir)
-        train_dir = cat_dir / "train" / NORMAL
+        train_dir = cat_dir / "train" / self.normal_dir
         train = list_images(train_dir)
         if not train:
             raise self.error(f"No normal training images for {category!r} (no images there).", train_dir)
@@ -118,20 +124,23 @@ class MVTecReader(BaseReader):
             raise self.error(f"Test folder for {category!r} is missing.", test_dir)
         defects = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         test: list[TestItem] = []
-        missing: list[Path] = []
+        missing: list[list[Path]] = []  # per image without a mask: every place it was looked for
         for defect in defects:
             for image in list_images(test_dir / defect):
-                if defect == NORMAL:
+                if defect == self.normal_dir:
                     test.append(TestItem(image=image, defect=NORMAL))
                     continue
-                mask = cat_dir / "ground_truth" / defect / f"{image.stem}{self.mask_suffix}.png"
-                if not mask.is_file():
-                    missing.append(mask)
-                test.append(TestItem(image=image, defect=defect, mask=mask))
+                candidates = self.mask_candidates(cat_dir, defect, image)
+                mask = next((m for m in candidates if m.is_file()), None)
+                if mask is None:
+                    missing.append(candidates)
+                test.append(TestItem(image=image, defect=defect, mask=mask or candidates[0]))
         if missing:
+            others = ", ".join(m.name for m in missing[0][1:])
             raise self.error(
-                f"{len(missing)} anomalous test image(s) of {category!r} lack a mask: {_preview(missing)}",
-                missing[0],
+                f"{len(missing)} anomalous test image(s) of {category!r} lack a mask: "
+                f"{_preview([c[0] for c in missing])}" + (f" (also looked for {others})" if others else ""),
+                missing[0][0],
             )
         if not test:
             raise self.error(f"No test images for {category!r}.", test_dir)
@@ -151,7 +160,7 @@ class FolderReader(MVTecReader):
         return sorted(
             d.name
             for d in self.root.iterdir()
-            if d.is_dir() and not d.name.startswith(".") and (d / "train" / NORMAL).is_dir()
+            if d.is_dir() and not d.name.startswith(".") and (d / "train" / self.normal_dir).is_dir()
         )
 
 
@@ -293,3 +302,34 @@ class KSDD2Reader(BaseReader):
             test.sort(key=lambda t: (t.defect, str(t.image)))
             self._cache[category] = self.category_data(category, train, test)
         return self._cache[category]
+
+
+class BTADReader(MVTecReader):
+    """BTAD (beanTech AD): ``<NN>/train/ok``, ``<NN>/test/{ok,ko}``, ``<NN>/ground_truth/ko/<stem>.<ext>``.
+
+    As MVTec AD, but normal images live in ``ok`` folders and a mask has its image's stem and no suffix.
+    Extensions differ per category in the published archive (images ``.bmp`` or ``.png``; masks ``.bmp`` in
+    category 03, ``.png`` in the others; copies converted by other tools may be all ``.png``), so a mask is
+    looked up as ``<stem>`` + each of ``mask_extensions`` in turn. Normal test images become defect
+    ``good`` (the project's normal label), every other test folder (``ko``) a defect of that name.
+    """
+
+    layout: ClassVar[str] = (
+        "<root>/<NN>/train/ok/*.bmp|png, <root>/<NN>/test/ok/*.bmp|png (normal), "
+        "<root>/<NN>/test/ko/*.bmp|png (anomalous), <root>/<NN>/ground_truth/ko/<stem>.png|bmp"
+    )
+    normal_dir: ClassVar[str] = "ok"
+
+    def __init__(self, *args, mask_extensions: Iterable[str] = (".png", ".bmp"), **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        exts = [str(e) if str(e).startswith(".") else f".{e}" for e in (mask_extensions or ())]
+        if not exts:
+            raise ConfigError(
+                f"Dataset {self.name!r}: mask_extensions is empty.",
+                where=f"dataset {self.name}",
+                fix="List the mask file extensions to look for, e.g. mask_extensions: [.png, .bmp].",
+            )
+        self.mask_extensions = tuple(exts)
+
+    def mask_candidates(self, cat_dir: Path, defect: str, image: Path) -> list[Path]:
+        return [cat_dir / "ground_truth" / defect / f"{image.stem}{ext}" for ext in self.mask_extensions]

@@ -1,4 +1,4 @@
-"""Seeded builders of tiny datasets in the real on-disk layouts (MVTec AD, VisA, KolektorSDD2).
+"""Seeded builders of tiny datasets in the real on-disk layouts (MVTec AD / MPDD, VisA, KolektorSDD2, BTAD).
 
 Images are small random RGB/grey pictures; masks are written in the formats the real datasets use
 (0/255 and 0/1), so the readers and :mod:`cai.io` are exercised on the same variety.
@@ -141,3 +141,51 @@ def ksdd2_truth(root: Path) -> dict[str, dict[str, bool]]:
         }
         for split in ("train", "test")
     }
+
+
+#: MPDD's categories and the defect folders of each in the published archive (MVTec AD layout).
+MPDD_DEFECTS = {
+    "bracket_black": ("hole", "scratches"),
+    "bracket_brown": ("bend_and_parts_mismatch", "parts_mismatch"),
+    "bracket_white": ("defective_painting", "scratches"),
+    "connector": ("parts_mismatch",),
+    "metal_plate": ("major_rust", "scratches", "total_rust"),
+    "tubes": ("flattening",),
+}
+
+
+def make_mpdd(root: Path, categories: tuple[str, ...] = tuple(MPDD_DEFECTS), seed: int = 0) -> Path:
+    """An MPDD tree: the MVTec AD layout with MPDD's category and defect folder names. Returns ``root``."""
+    for i, cat in enumerate(categories):
+        make_mvtec(root, categories=(cat,), n_train=2, n_good=1, defects=dict.fromkeys(MPDD_DEFECTS[cat], 1),
+                   seed=seed + i)
+    return root
+
+
+#: BTAD's file extensions per category as published: (image extension, mask extension).
+BTAD_EXTENSIONS = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}
+
+
+def make_btad(
+    root: Path,
+    categories: tuple[str, ...] = tuple(BTAD_EXTENSIONS),
+    n_train: int = 3,
+    n_ok: int = 2,
+    n_ko: int = 2,
+    seed: int = 0,
+) -> Path:
+    """A BTAD tree: ``<NN>/train/ok``, ``<NN>/test/{ok,ko}``, ``<NN>/ground_truth/ko/<stem><mask ext>``.
+
+    Each category uses its published extensions (:data:`BTAD_EXTENSIONS`); masks are 0/255. Returns ``root``.
+    """
+    rng = np.random.default_rng(seed)
+    for cat in categories:
+        image_ext, mask_ext = BTAD_EXTENSIONS[cat]
+        for i in range(n_train):
+            _write(root / cat / "train" / "ok" / f"{i:04d}{image_ext}", _image(rng))
+        for i in range(n_ok):
+            _write(root / cat / "test" / "ok" / f"{i:04d}{image_ext}", _image(rng))
+        for i in range(n_ko):
+            _write(root / cat / "test" / "ko" / f"{i:04d}{image_ext}", _image(rng))
+            _write(root / cat / "ground_truth" / "ko" / f"{i:04d}{mask_ext}", _mask(rng))
+    return root

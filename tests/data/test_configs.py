@@ -9,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from cai.data.demo import DemoReader
-from cai.data.readers import FolderReader, KSDD2Reader, MVTecReader, VisAReader
+from cai.data.readers import BTADReader, FolderReader, KSDD2Reader, MVTecReader, VisAReader
 from cai.errors import DatasetError
 from tests.conftest import REPO_ROOT
-from tests.data.fixtures import make_ksdd2, make_mvtec, make_visa
+from tests.data.fixtures import MPDD_DEFECTS, make_btad, make_ksdd2, make_mpdd, make_mvtec, make_visa
 
 CONF = REPO_ROOT / "conf" / "dataset"
 EXPECTED = {
@@ -20,6 +20,8 @@ EXPECTED = {
     "visa": (VisAReader, 12, 0),
     "ksdd2": (KSDD2Reader, 1, 1),
     "bsdata": (FolderReader, 1, 0),
+    "mpdd": (MVTecReader, 6, 0),
+    "btad": (BTADReader, 3, 1),
     "demo": (DemoReader, 4, 3),
 }
 
@@ -91,6 +93,36 @@ def test_missing_dataset_error_carries_the_yaml_download_hint(tmp_path: Path) ->
         hydra.utils.instantiate(cfg.dataset.reader).load("bottle")
     message = str(exc.value)
     assert "mvtec-ad" in message and str(tmp_path / "data" / "mvtec_anomaly_detection") in message
+
+
+def test_mpdd_yaml_root_loads_a_tree(tmp_path: Path) -> None:
+    cfg = compose("mpdd", tmp_path)
+    assert list(cfg.dataset.categories) == list(MPDD_DEFECTS)
+    make_mpdd(tmp_path / "data" / "mpdd", categories=("tubes", "bracket_white"))
+    reader = hydra.utils.instantiate(cfg.dataset.reader)
+    assert {t.defect for t in reader.load("bracket_white").anomalies} == {"defective_painting", "scratches"}
+    assert len(reader.load("tubes").anomalies) == 1
+
+
+def test_btad_yaml_root_loads_a_tree(tmp_path: Path) -> None:
+    """Category names stay the strings "01".."03" (not YAML integers) and each category's extensions read."""
+    cfg = compose("btad", tmp_path)
+    assert list(cfg.dataset.categories) == ["01", "02", "03"] and cfg.dataset.category == "01"
+    make_btad(tmp_path / "data" / "btad")
+    reader = hydra.utils.instantiate(cfg.dataset.reader)
+    loaded = {cat: reader.load(cat) for cat in ("01", "02", "03")}
+    assert [d.is_texture for d in loaded.values()] == [False, True, False]
+    assert [{t.mask.suffix for t in d.anomalies} for d in loaded.values()] == [{".png"}, {".png"}, {".bmp"}]
+
+
+@pytest.mark.parametrize(("name", "page"), [("mpdd", "https://github.com/stepanje/MPDD"),
+                                             ("btad", "https://avires.dimi.uniud.it/papers/btad/btad.zip")])
+def test_missing_new_dataset_names_its_download_page(name: str, page: str, tmp_path: Path) -> None:
+    cfg = compose(name, tmp_path)
+    with pytest.raises(DatasetError) as exc:
+        hydra.utils.instantiate(cfg.dataset.reader).load(cfg.dataset.category)
+    message = str(exc.value)
+    assert page in message and str(tmp_path / "data" / name) in message and "Expected layout" in message
 
 
 @pytest.mark.shared_data

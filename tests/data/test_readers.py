@@ -7,11 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from cai.data.readers import FolderReader, KSDD2Reader, MVTecReader, VisAReader
+from cai.data.readers import BTADReader, FolderReader, KSDD2Reader, MVTecReader, VisAReader
 from cai.data.types import NORMAL
 from cai.errors import ConfigError, DatasetError
 from cai.io import read_image, read_mask
-from tests.data.fixtures import ksdd2_truth, make_ksdd2, make_mvtec, make_visa
+from tests.data.fixtures import (
+    BTAD_EXTENSIONS,
+    MPDD_DEFECTS,
+    ksdd2_truth,
+    make_btad,
+    make_ksdd2,
+    make_mpdd,
+    make_mvtec,
+    make_visa,
+)
 
 HINT = "https://example.org/get-the-data"
 
@@ -289,3 +298,87 @@ def test_ksdd2_truncated_gt_is_a_dataset_error(tmp_path: Path) -> None:
     with pytest.raises(DatasetError) as exc:
         ksdd2(root).load("ksdd2")
     assert str(gt) in str(exc.value)
+
+
+# -------------------------------------------------------------------------------------------- MPDD
+
+
+def test_mpdd_tree_reads_with_the_mvtec_reader(tmp_path: Path) -> None:
+    """MPDD is the MVTec AD layout: every category, its defect folders and ``<stem>_mask.png`` masks."""
+    root = make_mpdd(tmp_path)
+    reader = MVTecReader("mpdd", root, categories=list(MPDD_DEFECTS), download=HINT)
+    for cat, defects in MPDD_DEFECTS.items():
+        data = reader.load(cat)
+        assert len(data.train) == 2 and not data.is_texture
+        assert sorted(t.defect for t in data.anomalies) == sorted(defects)
+        for t in data.anomalies:
+            assert t.mask == root / cat / "ground_truth" / t.defect / f"{t.image.stem}_mask.png"
+            assert read_mask(t.mask).any()
+    missing = root / "metal_plate/ground_truth/total_rust/000_mask.png"
+    missing.unlink()
+    with pytest.raises(DatasetError) as exc:
+        reader.load("metal_plate")
+    assert_clear(exc, missing, "1 anomalous test image")
+
+
+# -------------------------------------------------------------------------------------------- BTAD
+
+
+def btad(root: Path, **kw) -> BTADReader:
+    args = {"name": "btad", "root": root, "categories": ["01", "02", "03"], "textures": ["02"], "download": HINT}
+    return BTADReader(**(args | kw))
+
+
+def test_btad_reads_each_category_with_its_extensions(tmp_path: Path) -> None:
+    """ok/ko folders, masks named by the image's stem, and per-category extensions: 01 .bmp images with .png
+    masks, 02 .png with .png, 03 .bmp with .bmp."""
+    root = make_btad(tmp_path, n_train=3, n_ok=2, n_ko=2)
+    reader = btad(root)
+    for cat, (image_ext, mask_ext) in BTAD_EXTENSIONS.items():
+        data = reader.load(cat)
+        assert (data.dataset, data.category, data.is_texture) == ("btad", cat, cat == "02")
+        assert data.train == tuple(sorted((root / cat / "train/ok").iterdir())) and len(data.train) == 3
+        assert {p.suffix for p in data.train} == {image_ext}
+        assert [(t.defect, t.image.name) for t in data.test] == [  # by folder (ko, ok), then name
+            ("ko", f"0000{image_ext}"), ("ko", f"0001{image_ext}"),
+            (NORMAL, f"0000{image_ext}"), (NORMAL, f"0001{image_ext}"),
+        ]
+        assert all(t.mask is None for t in data.test if not t.is_anomalous)
+        for t in data.anomalies:
+            assert t.mask == root / cat / "ground_truth/ko" / f"{t.image.stem}{mask_ext}"
+            mask = read_mask(t.mask, shape=read_image(t.image).shape[:2])
+            assert mask.any() and not mask.all()
+
+
+def test_btad_mask_of_another_extension_is_found_too(tmp_path: Path) -> None:
+    """A copy whose .bmp files were converted to .png (as some tools do) still reads."""
+    root = make_btad(tmp_path, categories=("03",))
+    for bmp in sorted((root / "03").rglob("*.bmp")):
+        bmp.rename(bmp.with_suffix(".png"))
+    data = btad(root).load("03")
+    assert {t.mask.suffix for t in data.anomalies} == {".png"} and len(data.anomalies) == 2
+
+
+def test_btad_missing_mask_names_the_file(tmp_path: Path) -> None:
+    root = make_btad(tmp_path, categories=("03",))
+    gone = root / "03/ground_truth/ko/0001.bmp"
+    gone.unlink()
+    with pytest.raises(DatasetError) as exc:
+        btad(root).load("03")
+    expected = root / "03/ground_truth/ko/0001.png"  # the first place looked, then the .bmp one
+    assert_clear(exc, expected, "1 anomalous test image", "also looked for 0001.bmp")
+
+
+def test_btad_needs_train_ok(tmp_path: Path) -> None:
+    root = make_btad(tmp_path, categories=("01",))
+    shutil.rmtree(root / "01/train/ok")
+    (root / "01/train/good").mkdir()
+    with pytest.raises(DatasetError) as exc:
+        btad(root).load("01")
+    assert_clear(exc, root / "01/train/ok", "training")
+
+
+def test_btad_mask_extensions_must_not_be_empty(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="mask_extensions"):
+        btad(tmp_path, mask_extensions=[])
+    assert btad(tmp_path, mask_extensions=["bmp"]).mask_extensions == (".bmp",)
