@@ -131,7 +131,7 @@ def evaluate_run(run_dir: Path, extractor: Callable[[torch.Tensor], torch.Tensor
     device = resolve_device(opts.device)
     record: dict[str, Any] = {k: meta.get(k) for k in ("dataset", "category", "synthesizer", "display_name")}
     record.update(pseudo_cache=str(cache), extractor=extractor_name(extractor), n_pseudo_anomalous=len(pseudo_paths),
-                  max_images=opts.max_images, seed=opts.seed, kid_subsets=opts.kid_subsets,
+                  max_images=opts.max_images, sampling_seed=opts.seed, kid_subsets=opts.kid_subsets,
                   kid_subset_size=opts.kid_subset_size, protocol="per category: all anomalous pseudo vs all real "
                   "anomalous test images (capped at max_images), resized to the pseudo size")
     if len(pseudo_paths) < 2:

@@ -88,6 +88,10 @@ def finished_run_dirs(runs_dir: Path) -> list[Path]:
     return [p.parent for p in sorted(Path(runs_dir).rglob("metrics.json")) if (p.parent / "done").is_file()]
 
 
+RUN_IDENTITY_KEYS = ("dataset", "category", "synthesizer", "display_name", "seed", "selection", "budget",
+                     "texture_source", "choices", "detector")
+
+
 def collect_runs(runs_dir: Path, source: str = "metrics.json") -> list[dict[str, Any]]:
     """Every finished run's ``source`` file under ``runs_dir`` (unfinished or failed runs are skipped).
     Another source than metrics.json (fid.json) takes the identity keys it lacks (seed, selection, budget,
@@ -97,9 +101,10 @@ def collect_runs(runs_dir: Path, source: str = "metrics.json") -> list[dict[str,
         if not (d / source).is_file():
             continue
         record = json.loads((d / source).read_text())
-        if source != "metrics.json":
-            identity = {k: v for k, v in json.loads((d / "metrics.json").read_text()).items() if k != "metrics"}
-            record = {**identity, **record}
+        if source != "metrics.json":  # the run's identity is metrics.json's: fid.json's seed is its sampling seed
+            run = json.loads((d / "metrics.json").read_text())
+            record = {**{k: v for k, v in run.items() if k != "metrics"}, **record,
+                      **{k: run[k] for k in RUN_IDENTITY_KEYS if k in run}}
         record["run_dir"] = str(d)
         out.append(record)
     return out

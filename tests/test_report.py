@@ -303,6 +303,7 @@ def test_fid_source_takes_seed_and_budget_from_metrics_json(tmp_path):
         d = tmp_path / f"r{seed}"
         _rec(tmp_path, f"r{seed}", "CAI-M", "a", {"pixel_auroc": 0.9}, seed=seed, budget="cpu")
         (d / "fid.json").write_text(json.dumps({"dataset": "demo", "category": "a", "display_name": "CAI-M",
+                                                "seed": 0,  # an older fid.json's sampling seed, not the run's
                                                 "metrics": {"fid": 10.0 * (seed + 1)}}))
     runs = collect_runs(tmp_path, "fid.json")
     assert sorted((r["seed"], r["budget"], r["metrics"]["fid"]) for r in runs) == [(0, "cpu", 10.0), (1, "cpu", 20.0)]
