@@ -22,7 +22,7 @@ demo: install ## synthesize -> train -> evaluate on the embedded demo dataset, p
 	$(PY) scripts/run.py -m experiment=demo
 	$(PY) scripts/make_table.py table=demo
 
-bsdata: install ## real-data evidence on a 2-core CPU: 8 synthesizers x 3 seeds on BSData at budget=cpu (~2 h idle)
+bsdata: install ## real-data evidence on a 2-core CPU: 8 synthesizers x 3 seeds on BSData at budget=cpu (~65 min idle)
 	$(PY) scripts/train_realnet_ddpm.py dataset=bsdata realnet_ddpm=cpu $(DDPM_ARGS)
 	$(PY) scripts/run.py experiment=bsdata $(ARGS)
 	$(PY) scripts/make_table.py table=bsdata

@@ -55,9 +55,9 @@ def test_budgets(tmp_path):
         assert (cfg.detector.epochs, cfg.detector.samples_per_epoch, cfg.detector.eval_every) == (200, 1000, 1)
     cpu = _compose(["budget=cpu", "dataset=bsdata"], tmp_path)
     assert (cpu.dataset.image_size, cpu.detector.model.base_width) == (128, 16)
-    assert (cpu.detector.epochs, cpu.detector.samples_per_epoch, cpu.detector.eval_every) == (20, 240, 5)
+    assert (cpu.detector.epochs, cpu.detector.samples_per_epoch, cpu.detector.eval_every) == (12, 200, 4)
     bs = _compose(["experiment=bsdata"], tmp_path)
-    assert bs.dataset.name == "bsdata" and bs.detector.epochs == 20 and bs.dataset.image_size == 128
+    assert bs.dataset.name == "bsdata" and bs.detector.epochs == 12 and bs.dataset.image_size == 128
     assert bs.hydra.sweeper.params.seed == "0,1,2"
     assert bs.hydra.sweep.subdir.startswith("bsdata/ball_screw/cutpaste/seed0-")
     swept = bs.hydra.sweeper.params.synthesizer.split(",")
