@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import multiprocessing
 import queue
@@ -39,6 +40,8 @@ from omegaconf import DictConfig, OmegaConf
 from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet
 from cai.detect.unet import DiscriminativeUNet
 from cai.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 #: Training precisions: ``fp32`` (no autocast; cuDNN may still use TF32, recorded in the report) and
 #: ``bf16`` (the detector's ``amp``: bf16 autocast, CUDA only).
@@ -247,13 +250,21 @@ class TrainingGrid:
         if self.budget.left() <= 0 or (timeout_s is not None and timeout_s < float(t.get("min_compile_s") or 0)):
             entry = {**labels, "skipped": "the bench's time budget (training.<device>.time_budget_s) was spent"}
         else:
+            started = time.perf_counter()
             result = run_guarded(
                 bench_training, self.detector, self.device, int(t.image_size), batch, steps=t.get("steps"),
                 base_width=int(t.base_width), compile=compile, seed=int(self.cfg.seed), rounds=int(t.rounds),
                 precision=precision, round_s=t.get("round_s"), max_steps=int(t.get("max_steps") or 200),
                 compile_backend=str(t.get("compile_backend") or "inductor"), timeout_s=timeout_s)
-            entry = {**labels, **result}
+            entry = {**labels, **result, "wall_s": time.perf_counter() - started}
         self.entries.append(entry)
+        what = f"{precision} batch {batch} {'compiled' if compile else 'eager'}"
+        if "loop_img_s" in entry:
+            log.info("training %s: loop %.1f img/s, ceiling %.1f img/s, peak %s MiB (%.1f s)", what,
+                     entry["loop_img_s"], entry["ceiling_img_s"], _fmt(entry.get("peak_mem_mib"), ".0f"),
+                     entry["wall_s"])
+        else:
+            log.warning("training %s: %s", what, (entry.get("error") or entry.get("skipped", ""))[:300])
         self.on_change(self.entries)
         return entry
 
@@ -499,8 +510,9 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
         report["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark)
         report["float32_matmul_precision"] = torch.get_float32_matmul_precision()
 
-    def save(*_: Any) -> None:
+    def save(*_: Any) -> None:  # after every measurement: a bench cut short keeps what it measured
         write_json(out_json, report)
+        write_text(out_md, render_bench(report))
 
     grid = TrainingGrid(cfg, device, budget, on_change=lambda entries: save())
     report["training"] = grid.entries
@@ -511,6 +523,7 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
         report["evaluation"] = run_guarded(bench_evaluation, grid.detector, device, int(t.image_size),
                                            int(t.base_width), n_images=int(ev.n_images), repeats=int(ev.repeats),
                                            seed=int(cfg.seed))
+        log.info("evaluation: %s", {k: v for k, v in report["evaluation"].items() if k.endswith("_s") or k == "error"})
         save()
     if "training" in sections:
         grid.sweep()
@@ -538,9 +551,7 @@ def run_all(cfg: DictConfig) -> dict[str, Any]:
         report["table1_estimate"] = table1_estimate(cfg, _load_gpu_report(gpu_json), source=gpu_json)
     report["seconds"] = time.perf_counter() - started
     save()
-    md = render_bench(report)
-    write_text(out_md, md)
-    print(md)
+    print(render_bench(report))
     return report
 
 

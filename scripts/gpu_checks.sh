@@ -43,15 +43,15 @@ step "setup: wheels from $GPU_DIR/wheels into $WORK/site (CPU dry run: $CPU)"
 case "$WORK" in /tmp/?*) rm -rf "$WORK" ;; *) echo "GPU_WORK must be a folder under /tmp"; return 99 ;; esac
 mkdir -p "$WORK"
 ls "$GPU_DIR"/wheels/*.whl "$GPU_DIR/data" || fail "no $GPU_DIR (run scripts/gpu_prep.sh <repo> and carry .gpu)"
-timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+timeout 60 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target "$WORK/site" "$GPU_DIR"/wheels/*.whl || fail "wheel install"
 export PYTHONPATH="$WORK/site:$ROOT"
-timeout 120 "$PY" -c "import hydra, omegaconf, cai.benchmark, cai.pipeline; print('imports ok: hydra', hydra.__version__, \
+timeout 90 "$PY" -c "import hydra, omegaconf, cai.benchmark, cai.pipeline; print('imports ok: hydra', hydra.__version__, hydra.__file__, \
 'omegaconf', omegaconf.__version__)" || fail "imports"
 
 step "machine"
-if [ "$CPU" = 1 ]; then echo "CPU dry run: no nvidia-smi"; else timeout 30 nvidia-smi || fail "nvidia-smi"; fi
-timeout 120 "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, \
+if [ "$CPU" = 1 ]; then echo "CPU dry run: no nvidia-smi"; else timeout 20 nvidia-smi || fail "nvidia-smi"; fi
+timeout 60 "$PY" -c "import torch, platform; print('python', platform.python_version(), 'torch', torch.__version__, \
 'cuda', torch.version.cuda, 'available', torch.cuda.is_available(), \
 torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" || fail "torch"
 nproc; free -g 2>/dev/null | head -2
