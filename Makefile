@@ -65,7 +65,7 @@ figures: install ## Figures 2, 5, 6, 7a-d from the existing run dirs into result
 labels: install ## label fidelity: per synthesizer, mask vs visible change -> results/label_fidelity.md + galleries
 	$(PY) scripts/label_fidelity.py $(ARGS)
 
-bench: install ## throughput report: training loop vs ceiling, PRO, synthesis -> results/bench.json
+bench: install ## throughput report: training loop vs ceiling, evaluation, PRO, synthesis -> results/bench.json (CPU) or bench_gpu.json (CUDA)
 	$(PY) scripts/bench.py $(ARGS)
 
 test: install ## run the test suite
