@@ -276,7 +276,7 @@ def output_names(images: list[Path], root: Path) -> dict[Path, Path]:
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, pixel_threshold: float, header: str, alpha: float = 0.5,
-            min_height: int = 256) -> np.ndarray:
+            min_height: int = 160) -> np.ndarray:
     """The image beside the map blended over it (JET, absolute [0, 1] scale), outlined where the map
     reaches ``pixel_threshold``, under a one-line header; images lower than ``min_height`` are enlarged
     (nearest neighbour, whole pixels) so that the overlay stays legible."""

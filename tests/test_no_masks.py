@@ -75,15 +75,17 @@ def test_folder_dataset_without_some_masks_end_to_end(tmp_path, caplog):
 
 
 def test_masks_required_by_default(tmp_path):
-    """Without dataset.masks=optional a missing mask still stops before any work, naming it."""
+    """dataset.masks defaults to required: a missing mask still stops before any work, naming it."""
     from cai.errors import DatasetError
     from cai.pipeline import load_category
 
     root = make_dataset(tmp_path / "data", n_train=2, n_good=1, n_bad=2)
-    missing = root / "widget" / "ground_truth" / "crack" / "000_mask.png"
-    missing.unlink()
+    (root / "widget" / "ground_truth" / "crack" / "000_mask.png").unlink()
     overrides = [o for o in TINY_FOLDER if not o.startswith("dataset.masks")]
-    cfg = compose_config("config", [*overrides, f"dataset.reader.root={root}"], tmp_path / "run")
+    default = compose_config("config", [*overrides, f"dataset.reader.root={root}"], tmp_path / "run")
+    assert default.dataset.masks == "required" and default.dataset.reader.masks == "required"
+    cfg = compose_config("config", [*overrides, "dataset.masks=required", f"dataset.reader.root={root}"],
+                         tmp_path / "run")
     with pytest.raises(DatasetError, match="lack a mask"):
         load_category(cfg)
 
