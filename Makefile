@@ -68,10 +68,14 @@ labels: install ## label fidelity: per synthesizer, mask vs visible change -> re
 bench: install ## throughput report: training loop vs ceiling, evaluation, PRO, synthesis -> results/bench.json (CPU) or bench_gpu.json (CUDA)
 	$(PY) scripts/bench.py $(ARGS)
 
+# make predict RUN=<run dir> IMAGES=<folder> [OUT=<dir>, default <run>/predictions] [ARGS="threshold=0.5"]
+predict: install ## anomaly maps, overlays and scores.csv for new images from a finished run (RUN=, IMAGES=, OUT=)
+	$(PY) scripts/predict.py run="$(RUN)" images="$(IMAGES)" $(if $(OUT),out="$(OUT)") $(ARGS)
+
 test: install ## run the test suite
 	$(PY) -m pytest -q
 
 lint: install ## ruff
 	$(PY) -m ruff check cai baselines scripts tests
 
-.PHONY: help install demo test lint bsdata bank labels models table1 table2 table3 table4 fig7 figures bench
+.PHONY: help install demo test lint bsdata bank labels models table1 table2 table3 table4 fig7 figures bench predict

@@ -26,6 +26,7 @@ from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, resolve_devic
 from cai.detect.validation import holdout_indices, split_train_val
 from cai.errors import CaiError, ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
+from cai.metrics import PIXEL_METRICS, Evaluation
 from cai.metrics.label_fidelity import run_summary as label_fidelity_summary
 from cai.runid import RunDirLock, check_run_config, check_run_data, record_run_config, write_hydra_files
 from cai.seeding import seed_everything
@@ -56,6 +57,7 @@ class PreparedCategory:
     test_masks: np.ndarray
     test_names: list[str]
     test_labels: np.ndarray | None = None  # image labels from the original-size masks (bool, T)
+    test_has_mask: np.ndarray | None = None  # False: an anomalous image without pixel ground truth (bool, T)
 
 
 def load_category(cfg: DictConfig) -> CategoryData:
@@ -76,15 +78,26 @@ def prepare_category(cfg: DictConfig, data: CategoryData) -> PreparedCategory:
         img = resize_image(read_image(path), size)
         normals.append(img)
         fgs.append(foreground(img, data.is_texture))
-    images, masks, names, labels = [], [], [], []
+    return PreparedCategory(data, normals, fgs, *read_test_set(data, size))
+
+
+def read_test_set(data: CategoryData, size: int) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray, np.ndarray]:
+    """The test images (T, size, size, 3) and masks at the working size, names, image labels, has-mask flags.
+
+    Labels come from the original-size masks (resizing must not relabel an image); an anomalous item
+    without a mask (``dataset.masks=optional``) is anomalous with an all-False placeholder mask and
+    has-mask False, so the pixel metrics are skipped rather than computed against a wrong ground truth."""
+    images, masks, names, labels, has_mask = [], [], [], [], []
     for item in _progress(data.test, "read test images"):
         img = read_image(item.image)
         mask = read_mask(item.mask, img.shape[:2]) if item.mask else np.zeros(img.shape[:2], bool)
         images.append(resize_image(img, size))
         masks.append(resize_mask(mask, size))
-        labels.append(bool(mask.any()))  # from the original mask: resizing must not relabel an image
+        no_truth = item.is_anomalous and item.mask is None
+        labels.append(bool(mask.any()) or no_truth)
+        has_mask.append(not no_truth)
         names.append(f"{item.defect}/{Path(item.image).name}")
-    return PreparedCategory(data, normals, fgs, np.stack(images), np.stack(masks), names, np.array(labels, bool))
+    return np.stack(images), np.stack(masks), names, np.array(labels, bool), np.array(has_mask, bool)
 
 
 def _progress(items: Any, desc: str) -> Any:
@@ -180,6 +193,29 @@ def hydra_overrides() -> list[str] | None:
     return [str(o) for o in HydraConfig.get().overrides.task]
 
 
+#: metrics.json["metrics"]: the paper's four, then pixel F1-max, image AP and image F1-max (cai/metrics/pixel.py).
+REPORTED_METRICS = ("pixel_auroc", "pixel_ap", "pro", "image_auroc", "pixel_f1_max", "image_ap", "image_f1_max")
+
+
+def reported_metrics(selected: dict[str, Any], evaluation: Evaluation) -> dict[str, float | None]:
+    """metrics.json["metrics"]: the selected epoch's record (a record from before a metric existed takes it
+    from the selected model's final evaluation); skipped pixel metrics are null, not NaN."""
+    out = {k: selected.get(k, evaluation.metrics[k]) for k in REPORTED_METRICS}
+    if evaluation.pixel_skipped:
+        out.update(dict.fromkeys(PIXEL_METRICS))
+    return out
+
+
+def skipped_metrics(evaluation: Evaluation, selection: str) -> dict[str, str]:
+    """metrics.json["skipped"]: metric family -> why it was not measured (empty when nothing was skipped)."""
+    out = dict(evaluation.skipped)
+    if "pixel" in out:
+        log.warning("Pixel metrics skipped: %s.", out["pixel"])
+        if selection == "best":
+            out["pixel"] += " (the epoch was chosen on image AUROC + image AP)"
+    return out
+
+
 def run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Synthesize → train → evaluate one (dataset, category, synthesizer); return metrics.json's content.
 
@@ -222,7 +258,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         held_out = holdout_indices(len(prep.normals), float(cfg.detector.val_fraction), int(cfg.seed))
         train, val = split_train_val(train, normal_index, held_out)
     test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names,
-                   torch.from_numpy(prep.test_labels))
+                   torch.from_numpy(prep.test_labels), torch.from_numpy(prep.test_has_mask))
 
     tracker = Tracker(run_dir, cfg, cfg.logger)
     exit_code = 1
@@ -237,15 +273,19 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         selected = result["selected"]
         model = trainer.load_selected()
         maps = trainer.predict(model, test.images)
+        evaluation = trainer.score(maps, test)  # the selected model's F1-max thresholds, skipped metrics
         tracker.log_image("samples", prediction_panel(prep.test_images, prep.test_masks, maps.numpy(),
-                                                      prep.test_names, n=int(cfg.n_panels)),
+                                                      prep.test_names, n=int(cfg.n_panels),
+                                                      labels=prep.test_labels, has_mask=prep.test_has_mask),
                           caption="test image | ground truth | anomaly map")
         choices, stats = hydra_choices(), read_stats(cache_dir)
         metrics = {
             "dataset": data.dataset, "category": data.category,
             "synthesizer": cfg.synthesizer.name, "display_name": cfg.synthesizer.display_name,
             "selection": cfg.detector.selection, "selected_epoch": selected["epoch"],
-            "metrics": {k: selected[k] for k in ("pixel_auroc", "pixel_ap", "pro", "image_auroc")},
+            "metrics": reported_metrics(selected, evaluation),
+            "thresholds": evaluation.thresholds,  # F1-max on the test set: scripts/predict.py's defaults
+            "skipped": skipped_metrics(evaluation, cfg.detector.selection),
             "n_train_normal": len(train.normals), "n_pseudo": len(train.pseudo), "n_test": len(prep.test_images),
             "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, choices),
             "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
@@ -259,7 +299,7 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),
                               "n_normal": sum(n.startswith("val_normal/") for n in val.names)}
         write_json(run_dir / "metrics.json", metrics)
-        tracker.summary(metrics["metrics"])
+        tracker.summary({k: v for k, v in metrics["metrics"].items() if v is not None})
         (run_dir / "done").write_text("ok\n")
         exit_code = 0
         return metrics

@@ -36,8 +36,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert metrics["synthesis"] == {"n": 12, "redrawn": 0}  # CutPaste never leaves an output empty
     assert metrics["texture_source"] is None  # CutPaste reads no DTD textures
     assert metrics["budget"] == "paper"  # the budget group's choice (its sizes overridden on the command line)
-    for key in ("pixel_auroc", "pixel_ap", "pro", "image_auroc"):
+    for key in ("pixel_auroc", "pixel_ap", "pro", "image_auroc", "pixel_f1_max", "image_ap", "image_f1_max"):
         assert 0.0 <= metrics["metrics"][key] <= 1.0
+    assert metrics["skipped"] == {} and all(0.0 <= metrics["thresholds"][k] <= 1.0 for k in ("pixel", "image"))
     for name in ("done", "samples.png", "synthesis.png", "history.jsonl", "run_info.json", ".hydra/config.yaml",
                  "checkpoints/best.pt", "checkpoints/last.pt"):
         assert (run_dir / name).exists(), name

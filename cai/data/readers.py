@@ -103,6 +103,7 @@ class MVTecReader(BaseReader):
         "(normal test images in test/good), <root>/<category>/ground_truth/<defect>/<stem>_mask.png"
     )
     mask_suffix: ClassVar[str] = "_mask"
+    masks_required: bool = True  # FolderReader(masks="optional"): a defect without its mask has mask=None
     normal_dir: ClassVar[str] = NORMAL  # the folder name of normal images under train/ and test/
 
     def mask_candidates(self, cat_dir: Path, defect: str, image: Path) -> list[Path]:
@@ -133,6 +134,9 @@ class MVTecReader(BaseReader):
                 candidates = self.mask_candidates(cat_dir, defect, image)
                 mask = next((m for m in candidates if m.is_file()), None)
                 if mask is None:
+                    if not self.masks_required:  # no pixel ground truth: image metrics only
+                        test.append(TestItem(image=image, defect=defect))
+                        continue
                     missing.append(candidates)
                 test.append(TestItem(image=image, defect=defect, mask=mask or candidates[0]))
         if missing:
@@ -150,8 +154,21 @@ class MVTecReader(BaseReader):
 class FolderReader(MVTecReader):
     """Any dataset in the MVTec AD layout; with an empty ``categories`` list they are found on disk.
 
-    A discovered category is a sub-folder of ``root`` that has ``train/good``.
+    A discovered category is a sub-folder of ``root`` that has ``train/good``. ``masks``: ``required``
+    (every test defect needs ``ground_truth/<defect>/<stem>_mask.png``) or ``optional`` (a defect
+    without one is a :class:`TestItem` with ``mask=None``: anomalous, no pixel ground truth; the pipeline
+    then skips the pixel metrics and says so).
     """
+
+    MASK_MODES: ClassVar[tuple[str, ...]] = ("required", "optional")
+
+    def __init__(self, *args, masks: str = "required", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if masks not in self.MASK_MODES:
+            raise ConfigError(f"dataset.masks must be one of {list(self.MASK_MODES)}, got {masks!r}.",
+                              where=f"dataset {self.name}",
+                              fix="Use dataset.masks=optional for test defects without ground-truth masks.")
+        self.masks_required = masks == "required"
 
     def categories(self) -> list[str]:
         if self._categories:

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from cai.detect.focal import FocalLoss
 from cai.errors import CaiError, ConfigError
 from cai.io import save_torch
-from cai.metrics import AnomalyMetrics, selection_score
+from cai.metrics import AnomalyMetrics, Evaluation, selection_score
 from cai.seeding import torch_generator
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,15 @@ class TrainSet:
 
 @dataclass
 class EvalSet:
-    """Real test images uint8 (T, 3, H, W), bool masks (T, H, W), their names and image labels (bool T,
-    taken from the original-size masks; None: a mask with an anomalous pixel)."""
+    """Real test images uint8 (T, 3, H, W), bool masks (T, H, W), their names, image labels (bool T,
+    taken from the original-size masks; None: a mask with an anomalous pixel) and ``has_mask`` (bool T:
+    False for an anomalous image without pixel ground truth, whose mask is a placeholder; None: all have)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     names: list[str]
     labels: torch.Tensor | None = None
+    has_mask: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,6 +115,7 @@ class DetectorTrainer:
         self.on_epoch = on_epoch
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.loss_fn = FocalLoss(**cfg.loss)
+        self._warned_skip = False  # the "pixel metrics skipped" warning is logged once per trainer
         if cfg.selection not in ("best", "val", "last"):
             raise ConfigError(f"detector.selection must be 'best', 'val' or 'last', got {cfg.selection!r}.")
 
@@ -176,9 +179,18 @@ class DetectorTrainer:
 
     def evaluate(self, model: torch.nn.Module, test: EvalSet) -> tuple[dict, torch.Tensor]:
         maps = self.predict(model, test.images)
+        return self.score(maps, test).metrics, maps
+
+    def score(self, maps: torch.Tensor, test: EvalSet) -> Evaluation:
+        """Metrics, F1-max thresholds and skipped metric families of ``maps`` on ``test``."""
         metrics = AnomalyMetrics(fpr_limit=float(self.cfg.pro_fpr_limit), image_pool=int(self.cfg.image_score_pool))
-        metrics.update(maps, test.masks, labels=test.labels)
-        return metrics.compute(), maps
+        metrics.update(maps, test.masks, labels=test.labels, has_mask=test.has_mask)
+        evaluation = metrics.evaluate()
+        if evaluation.pixel_skipped and not self._warned_skip:
+            self._warned_skip = True
+            log.warning("Pixel metrics skipped (%s); model selection uses image AUROC + image AP.",
+                        evaluation.skipped["pixel"])
+        return evaluation
 
     # -- training ------------------------------------------------------------------------------
     def fit(self, train: TrainSet, test: EvalSet, resume: bool = False, val: EvalSet | None = None) -> dict:

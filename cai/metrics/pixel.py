@@ -1,4 +1,5 @@
-"""Evaluation metrics of the paper's protocol: pixel AUROC, pixel AP, PRO (AU-PRO up to FPR 0.3), image AUROC.
+"""Evaluation metrics of the paper's protocol: pixel AUROC, pixel AP, PRO (AU-PRO up to FPR 0.3), image AUROC;
+beside them the ones users of anomalib / GLASS / DRAEM compare with: pixel F1-max, image AP, image F1-max.
 
 All pixel metrics are exact (every distinct score is a threshold, ties handled as the standard
 definitions do) and share one ranking of the pixels:
@@ -29,17 +30,23 @@ than torch) and in torch on the tensors' device otherwise (a CUDA tensor is sort
 ``backend="torch"`` forces the torch code on any device. Connected components are labelled on the CPU.
 Higher score = more anomalous. NaN scores are rejected; +-inf are ordinary (extreme) scores.
 
+**F1-max** is the best F1 over every threshold (a pixel or image is predicted anomalous when its score is
+``>= t``), exact, not binned: between two distinct anomalous scores only normal pixels enter, so F1 can
+only fall there and its maximum is reached at an anomalous score ``v`` with ``tp = #anomalous >= v``,
+``fp = #normal >= v`` and ``F1 = 2 tp / (tp + fp + #anomalous)`` -- read off the same ranking. The
+threshold reported with it is that ``v`` (the highest one when several reach the maximum).
+
 Undefined cases return ``nan``: PRO without anomalous or without normal pixels, AUROC without both
-classes, AP without anomalous pixels (AP without normal pixels is 1).
+classes, AP and F1-max without anomalous pixels (AP without normal pixels is 1).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -54,13 +61,19 @@ _STACK_8_CONNECTIVITY = np.zeros((3, 3, 3), dtype=bool)
 _STACK_8_CONNECTIVITY[1] = True
 
 __all__ = [
+    "PIXEL_METRICS",
     "AnomalyMetrics",
+    "Evaluation",
+    "F1Max",
     "anomaly_metrics",
+    "image_ap",
     "image_auroc",
+    "image_f1_max",
     "image_scores",
     "make_pro_benchmark_case",
     "pixel_ap",
     "pixel_auroc",
+    "pixel_f1_max",
     "pro_score",
     "pro_score_reference",
     "selection_score",
@@ -362,6 +375,24 @@ def _ap_from_ranking(r: _Ranking) -> float:
     return float((count * precision).sum()) / r.n_anomalous
 
 
+class F1Max(NamedTuple):
+    """The best F1 over all thresholds and the threshold reaching it (score >= threshold: anomalous)."""
+
+    f1: float
+    threshold: float
+
+
+def _f1_max_from_ranking(r: _Ranking) -> F1Max:
+    """Exact F1-max: the maximum is at a distinct anomalous score (see the module docstring)."""
+    if r.n_anomalous == 0:
+        return F1Max(math.nan, math.nan)
+    ops = r.ops
+    tp = ops.float64(r.anomalous_ge)
+    f1 = ops.numpy(2.0 * tp / (tp + r.normal_ge() + r.n_anomalous))
+    best = int(np.argmax(f1))  # the first maximum: the highest threshold reaching it
+    return F1Max(float(f1[best]), float(ops.numpy(r.values[best : best + 1])[0]))
+
+
 def _flatten(ops: _Ops, maps: Sequence[torch.Tensor], device: torch.device | None = None) -> ArrayLike:
     if ops is _NumpyOps:
         flat = [m.cpu().numpy().reshape(-1) for m in maps]
@@ -435,6 +466,11 @@ def pixel_ap(anomaly_maps: ArrayLike, masks: ArrayLike, *, backend: Backend = "a
     return _ap_from_ranking(_binary_ranking(anomaly_maps, masks, backend))
 
 
+def pixel_f1_max(anomaly_maps: ArrayLike, masks: ArrayLike, *, backend: Backend = "auto") -> F1Max:
+    """Exact pixel-level F1-max and its threshold (every distinct score tried); nan without anomalous pixels."""
+    return _f1_max_from_ranking(_binary_ranking(anomaly_maps, masks, backend))
+
+
 def image_scores(anomaly_maps: ArrayLike, pool: int = 21) -> np.ndarray:
     """Image scores as DRAEM/AnomalyDiffusion compute them: max of the ``pool`` x ``pool`` average-pooled map.
 
@@ -451,8 +487,7 @@ def image_scores(anomaly_maps: ArrayLike, pool: int = 21) -> np.ndarray:
     return x.amax(dim=(1, 2, 3)).cpu().numpy()
 
 
-def image_auroc(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[bool]) -> float:
-    """Exact image-level ROC AUC of per-image ``scores`` against ``labels`` (True/1 = anomalous)."""
+def _image_ranking(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[bool]) -> _Ranking:
     s = _as_tensor(scores).reshape(-1).cpu().numpy().astype(np.float64)
     lab = _as_tensor(labels).reshape(-1).cpu().numpy()
     if np.isnan(s).any():
@@ -463,13 +498,59 @@ def image_auroc(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequenc
         raise ValueError("image labels must be bool or 0/1")
     lab = lab.astype(np.uint8)
     counts = np.array([lab.size - np.count_nonzero(lab), np.count_nonzero(lab)])
-    return _auroc_from_ranking(_rank(_NumpyOps, s, lab, counts))
+    return _rank(_NumpyOps, s, lab, counts)
+
+
+def image_auroc(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[bool]) -> float:
+    """Exact image-level ROC AUC of per-image ``scores`` against ``labels`` (True/1 = anomalous)."""
+    return _auroc_from_ranking(_image_ranking(scores, labels))
+
+
+def image_ap(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[bool]) -> float:
+    """Exact image-level average precision (sklearn's step definition); nan without anomalous images."""
+    return _ap_from_ranking(_image_ranking(scores, labels))
+
+
+def image_f1_max(scores: ArrayLike | Sequence[float], labels: ArrayLike | Sequence[bool]) -> F1Max:
+    """Exact image-level F1-max and its threshold on the image scores; nan without anomalous images."""
+    return _f1_max_from_ranking(_image_ranking(scores, labels))
+
+
+#: The metrics that need pixel ground truth: skipped (nan) when an anomalous test image has no mask.
+PIXEL_METRICS = ("pixel_auroc", "pixel_ap", "pro", "pixel_f1_max")
 
 
 def selection_score(metrics: Mapping[str, float]) -> float:
-    """AnomalyDiffusion's model-selection score: AUROC-I + AUROC-P + AP-P + PRO, a NaN counting as 0."""
-    keys = ("image_auroc", "pixel_auroc", "pixel_ap", "pro")
+    """AnomalyDiffusion's model-selection score: AUROC-I + AUROC-P + AP-P + PRO, a NaN counting as 0.
+
+    Without pixel ground truth (pixel AUROC, AP and PRO all nan, e.g. skipped by :class:`AnomalyMetrics`
+    because test defects have no masks) the score is image AUROC + image AP instead, so the epoch is still
+    chosen on what can be measured rather than on image AUROC alone."""
+    keys: tuple[str, ...] = ("image_auroc", "pixel_auroc", "pixel_ap", "pro")
+    if all(math.isnan(float(metrics[k])) for k in keys[1:]):
+        keys = ("image_auroc", "image_ap")
     return float(sum(0.0 if math.isnan(v) else float(v) for v in (metrics[k] for k in keys)))
+
+
+@dataclass
+class Evaluation:
+    """What :meth:`AnomalyMetrics.evaluate` finds: the metrics, the F1-max thresholds and what was skipped.
+
+    ``thresholds``: ``{"pixel": t, "image": t}``, the scores at which pixel / image F1 is maximal (None when
+    undefined or skipped); ``skipped``: metric family -> reason, e.g. ``{"pixel": "no ground-truth masks
+    for 3 of 5 anomalous test images"}``."""
+
+    metrics: dict[str, float]
+    thresholds: dict[str, float | None] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pixel_skipped(self) -> bool:
+        return "pixel" in self.skipped
+
+
+def _threshold(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
 
 
 class AnomalyMetrics:
@@ -477,9 +558,12 @@ class AnomalyMetrics:
 
     ``update`` copies each batch to the CPU as float32 maps and bool masks (exact: nothing is quantised);
     ``compute`` ranks all pixels once and returns ``pixel_auroc``, ``pixel_ap``, ``pro`` (up to
-    ``fpr_limit``) and ``image_auroc`` (image score: :func:`image_scores` with ``image_pool``; image
-    label: the one given to ``update``, else the mask has an anomalous pixel). ``device``: "cpu" ranks
-    with NumPy, a CUDA device with torch on it. Batches may differ in image size.
+    ``fpr_limit``), ``pixel_f1_max``, and ``image_auroc``, ``image_ap``, ``image_f1_max`` (image score:
+    :func:`image_scores` with ``image_pool``; image label: the one given to ``update``, else the mask has an
+    anomalous pixel). :meth:`evaluate` adds the F1-max thresholds and what was skipped: the pixel metrics
+    need a ground-truth mask for every anomalous image (``has_mask``), else they are nan and skipped with
+    the reason. ``device``: "cpu" ranks with NumPy, a CUDA device with torch on it. Batches may differ in
+    image size.
     """
 
     def __init__(self, fpr_limit: float = 0.3, image_pool: int = 21, device: str | torch.device = "cpu"):
@@ -494,39 +578,71 @@ class AnomalyMetrics:
         self._maps: list[torch.Tensor] = []
         self._masks: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
+        self._has_mask: list[np.ndarray] = []
 
-    def update(self, anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike | None = None) -> None:
+    def update(self, anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike | None = None,
+               has_mask: ArrayLike | None = None) -> None:
         """Add a batch: maps (B, H, W) or (B, 1, H, W), masks of the same shape, optional image labels
         (B,) (e.g. from the original-size masks, so a defect lost in resizing still counts); default:
-        the mask has an anomalous pixel."""
+        the mask has an anomalous pixel. ``has_mask`` (B,) False marks an image without pixel ground truth
+        (its mask is then ignored; default: every image has one)."""
         maps = _as_maps(anomaly_maps)
         mask = _as_masks(masks, maps.shape)
         if labels is None:
             label = mask.reshape(len(mask), -1).any(axis=1)
         else:
-            label = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels, dtype=bool).reshape(-1)
-            if len(label) != len(mask):
-                raise ValueError(f"{len(label)} image labels for {len(mask)} masks")
+            label = _per_image(labels, len(mask), "image labels")
+        known = np.ones(len(mask), bool) if has_mask is None else _per_image(has_mask, len(mask), "has_mask flags")
         self._maps.append(maps.to(device="cpu", dtype=torch.float32, copy=True))
         self._masks.append(mask.copy())
         self._labels.append(label)
+        self._has_mask.append(known)
 
     def compute(self, backend: Backend = "auto") -> dict[str, float]:
-        """The four metrics over everything added since the last reset (``backend`` as in pro_score)."""
+        """The seven metrics over everything added since the last reset (``backend`` as in pro_score)."""
+        return self.evaluate(backend).metrics
+
+    def evaluate(self, backend: Backend = "auto") -> Evaluation:
+        """The metrics, their F1-max thresholds and the skipped metric families (see the class docstring)."""
         if not self._maps:
             raise ValueError("AnomalyMetrics.compute() called before any update()")
-        ops = _ops_for(torch.empty(0, device=self.device), backend)
-        labels, counts, n_regions = _label_regions(self._masks)
-        scores = _flatten(ops, self._maps, self.device)
-        ranking = _rank(ops, scores, ops.array(labels, like=scores), counts, with_overlap=True)
         img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) for m in self._maps])
         img_labels = np.concatenate(self._labels)
-        return {
-            "pixel_auroc": _auroc_from_ranking(ranking),
-            "pixel_ap": _ap_from_ranking(ranking),
-            "pro": _pro_from_ranking(ranking, n_regions, self.fpr_limit),
-            "image_auroc": image_auroc(img_scores, img_labels),
-        }
+        img_ranking = _image_ranking(img_scores, img_labels)
+        img_f1 = _f1_max_from_ranking(img_ranking)
+        metrics = dict.fromkeys(PIXEL_METRICS, math.nan)
+        thresholds: dict[str, float | None] = {"pixel": None, "image": _threshold(img_f1.threshold)}
+        skipped: dict[str, str] = {}
+        no_gt = int(np.count_nonzero(img_labels & ~np.concatenate(self._has_mask)))
+        if no_gt:
+            skipped["pixel"] = (f"no ground-truth masks for {no_gt} of {int(img_labels.sum())} anomalous test "
+                                "images")
+        else:
+            ops = _ops_for(torch.empty(0, device=self.device), backend)
+            labels, counts, n_regions = _label_regions(self._masks)
+            scores = _flatten(ops, self._maps, self.device)
+            ranking = _rank(ops, scores, ops.array(labels, like=scores), counts, with_overlap=True)
+            pix_f1 = _f1_max_from_ranking(ranking)
+            metrics.update({
+                "pixel_auroc": _auroc_from_ranking(ranking),
+                "pixel_ap": _ap_from_ranking(ranking),
+                "pro": _pro_from_ranking(ranking, n_regions, self.fpr_limit),
+                "pixel_f1_max": pix_f1.f1,
+            })
+            thresholds["pixel"] = _threshold(pix_f1.threshold)
+        metrics.update({
+            "image_auroc": _auroc_from_ranking(img_ranking),
+            "image_ap": _ap_from_ranking(img_ranking),
+            "image_f1_max": img_f1.f1,
+        })
+        return Evaluation(metrics, thresholds, skipped)
+
+
+def _per_image(values: ArrayLike, n: int, what: str) -> np.ndarray:
+    out = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values, dtype=bool).reshape(-1)
+    if len(out) != n:
+        raise ValueError(f"{len(out)} {what} for {n} masks")
+    return out
 
 
 def anomaly_metrics(

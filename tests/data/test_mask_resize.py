@@ -99,17 +99,20 @@ def test_pipeline_labels_test_images_from_their_original_masks(tmp_path):
 def test_trainer_evaluates_with_the_eval_set_labels(tmp_path, monkeypatch):
     seen = {}
 
-    def spy(self, maps, masks, labels=None):
-        seen["labels"] = labels
+    from cai.metrics import Evaluation
+
+    def spy(self, maps, masks, labels=None, has_mask=None):
+        seen["labels"], seen["has_mask"] = labels, has_mask
 
     monkeypatch.setattr(AnomalyMetrics, "update", spy)
-    monkeypatch.setattr(AnomalyMetrics, "compute", lambda self, backend="auto": {})
+    monkeypatch.setattr(AnomalyMetrics, "evaluate", lambda self, backend="auto": Evaluation({}))
     cfg = _detector_cfg()
     trainer = DetectorTrainer(cfg, lambda: torch.nn.Conv2d(3, 2, 1), tmp_path, torch.device("cpu"), 0)
-    labels = torch.tensor([True, False])
+    labels, has_mask = torch.tensor([True, False]), torch.tensor([False, True])
     trainer.evaluate(torch.nn.Conv2d(3, 2, 1), EvalSet(torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
-                                                        torch.zeros(2, 8, 8, dtype=torch.bool), ["a", "b"], labels))
-    assert seen["labels"] is labels
+                                                        torch.zeros(2, 8, 8, dtype=torch.bool), ["a", "b"], labels,
+                                                        has_mask))
+    assert seen["labels"] is labels and seen["has_mask"] is has_mask
 
 
 def _detector_cfg():

@@ -157,6 +157,23 @@ def test_folder_reader_discovery_needs_the_root(tmp_path: Path) -> None:
     assert_clear(exc, tmp_path / "absent")
 
 
+def test_folder_reader_optional_masks_give_defects_without_ground_truth(tmp_path: Path) -> None:
+    """dataset.masks=optional: a defect without its mask file is anomalous with mask=None (no pixel ground
+    truth); the default (required) still stops, naming the missing mask; a defect with its mask keeps it."""
+    root = make_mvtec(tmp_path, categories=("part",), defects={"crack": 2})
+    missing = root / "part/ground_truth/crack/001_mask.png"
+    missing.unlink()
+    with pytest.raises(DatasetError) as exc:
+        FolderReader("folder", root, download=HINT).load("part")
+    assert_clear(exc, missing, "lack a mask")
+    data = FolderReader("folder", root, download=HINT, masks="optional").load("part")
+    cracks = [t for t in data.test if t.defect == "crack"]
+    assert [t.mask for t in cracks] == [root / "part/ground_truth/crack/000_mask.png", None]
+    assert all(t.is_anomalous for t in cracks) and len(data.anomalies) == 2
+    with pytest.raises(ConfigError, match="dataset.masks"):
+        FolderReader("folder", root, masks="sometimes")
+
+
 @pytest.mark.shared_data
 def test_folder_reader_on_bsdata(shared_data: Path) -> None:
     root = shared_data / "bsdata_ad"

@@ -11,11 +11,14 @@ import torch
 from cai.metrics import (
     AnomalyMetrics,
     anomaly_metrics,
+    image_ap,
     image_auroc,
+    image_f1_max,
     image_scores,
     make_pro_benchmark_case,
     pixel_ap,
     pixel_auroc,
+    pixel_f1_max,
     pro_score,
     selection_score,
 )
@@ -27,11 +30,15 @@ def case():
 
 
 def _one_shot(maps, masks, limit=0.3, pool=21):
+    scores, labels = image_scores(maps, pool), masks.any(axis=(1, 2))
     return {
         "pixel_auroc": pixel_auroc(maps, masks),
         "pixel_ap": pixel_ap(maps, masks),
         "pro": pro_score(maps, masks, limit),
-        "image_auroc": image_auroc(image_scores(maps, pool), masks.any(axis=(1, 2))),
+        "pixel_f1_max": pixel_f1_max(maps, masks).f1,
+        "image_auroc": image_auroc(scores, labels),
+        "image_ap": image_ap(scores, labels),
+        "image_f1_max": image_f1_max(scores, labels).f1,
     }
 
 

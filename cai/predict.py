@@ -1,0 +1,422 @@
+"""Anomaly maps, overlays and scores for new images from a finished run (``scripts/predict.py``).
+
+A run dir holds what prediction needs: ``resolved_config.yaml`` (image size, detector), the selected
+checkpoint ``checkpoints/best.pt`` and, since evaluation stores them, the F1-max thresholds found on the
+run's test set (``metrics.json["thresholds"]``). Every image of a folder (sub-folders included) goes
+through the evaluation's own preprocessing -- :func:`cai.io.read_image`, :func:`cai.io.resize_image` to the
+run's ``dataset.image_size``, :meth:`DetectorTrainer.predict` in batches of ``detector.eval_batch_size`` --
+so a test image's map equals its evaluation map (bit for bit when the images go through in the
+evaluation's order; batched CPU convolution otherwise rounds differently in the last bit). The image
+score is :func:`cai.metrics.image_scores` of that detector-size map, as in evaluation; the map is then
+resized (bilinear) back to the image's own size. Written under ``out``:
+
+* ``maps/<relative path>.npy``: the anomaly map (float32, the image's own height x width, values in [0, 1]);
+* ``overlays/<relative path>.png``: the image beside the map over it (JET), outlined where the map reaches
+  the pixel threshold, and a header with the score and the predicted label;
+* ``scores.csv``: ``image, image_score, label, anomalous_area, width, height`` (label ``anomalous`` when
+  the image score reaches the image threshold; ``anomalous_area``: share of pixels at or above the pixel
+  threshold);
+* ``unreadable.csv`` (only when some file could not be read: ``image, reason``) and ``predict.json``
+  (run, checkpoint, thresholds used and where they came from, counts).
+
+Thresholds: ``threshold`` (both), ``image_threshold`` / ``pixel_threshold`` override; otherwise the run's
+stored ones. A run finished before thresholds were stored has none: prediction stops and says to pass
+``recompute_thresholds=true`` (re-evaluates the checkpoint on the run's test set, which must still be
+readable and unchanged, and stores them in ``<run>/thresholds.json``) or a threshold. A run without pixel
+ground truth (``dataset.masks=optional``) has no pixel threshold; the outline then uses the image one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from cai.detect.trainer import DetectorTrainer, EvalSet, resolve_device
+from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
+from cai.io import IMAGE_SUFFIXES, _atomic_write, read_image, resize_image, write_json, write_png, write_text
+from cai.metrics import image_scores
+from cai.runid import RESOLVED_CONFIG
+from cai.viz import heat
+
+log = logging.getLogger(__name__)
+
+THRESHOLDS_FILE = "thresholds.json"  # recomputed thresholds of a run finished before evaluation stored them
+DEFAULT_CHECKPOINT = Path("checkpoints") / "best.pt"
+
+
+@dataclass
+class Thresholds:
+    """Image and pixel thresholds (score >= threshold: anomalous) and where each came from."""
+
+    image: float
+    pixel: float
+    source: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Prediction:
+    """One image's result."""
+
+    image: str  # path relative to the images folder
+    score: float
+    anomalous: bool
+    anomalous_area: float
+    width: int
+    height: int
+
+
+@dataclass
+class RunModel:
+    """A run's config, its detector with the checkpoint's weights, and the trainer that evaluates with it."""
+
+    run_dir: Path
+    cfg: DictConfig
+    checkpoint: Path
+    model: torch.nn.Module
+    trainer: DetectorTrainer
+
+    @property
+    def size(self) -> int:
+        return int(self.cfg.dataset.image_size)
+
+    @property
+    def own_checkpoint(self) -> bool:
+        """The run's selected checkpoint, the one its evaluation (and stored thresholds) describe."""
+        return self.checkpoint.resolve() == (self.run_dir / DEFAULT_CHECKPOINT).resolve()
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
+             batch_size: int | None = None) -> RunModel:
+    """The run's resolved config and detector; ``checkpoint`` (absolute or relative to the run dir)
+    defaults to ``checkpoints/best.pt``, the model its evaluation selected; ``batch_size`` defaults to
+    the run's ``detector.eval_batch_size`` (the evaluation's batches)."""
+    run_dir = Path(run_dir).expanduser()
+    config = run_dir / RESOLVED_CONFIG
+    if not config.is_file():
+        raise MissingFileError(
+            "Not a run dir: it has no resolved_config.yaml.", where=run_dir,
+            fix="Pass run=<a run dir written by scripts/run.py> (logs/... or results/raw/...), which holds "
+                "resolved_config.yaml and checkpoints/.")
+    if not (run_dir / "done").is_file():
+        log.warning("%s has not finished (no done marker): using the checkpoint it holds now.", run_dir)
+    ckpt = Path(checkpoint).expanduser() if checkpoint else DEFAULT_CHECKPOINT
+    ckpt = ckpt if ckpt.is_absolute() else run_dir / ckpt
+    if not ckpt.is_file():
+        raise MissingFileError("The checkpoint is missing.", where=ckpt,
+                               fix="Pass checkpoint=<path to a .pt written by this run> (default checkpoints/best.pt).")
+    cfg = OmegaConf.load(config)
+    if batch_size is not None:
+        cfg.detector.eval_batch_size = int(batch_size)
+    device_ = resolve_device(device)
+    trainer = DetectorTrainer(cfg.detector, lambda: instantiate(cfg.detector.model), run_dir, device_,
+                              int(cfg.get("seed", 0)))
+    model = instantiate(cfg.detector.model).to(device_)
+    try:
+        state = torch.load(ckpt, map_location=device_, weights_only=True)
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, OSError, ValueError) as err:
+        raise CaiError(f"The checkpoint does not fit the run's detector ({str(err).splitlines()[0][:200]}).",
+                       where=ckpt,
+                       fix="Pass a checkpoint written by this run (checkpoints/best.pt or last.pt).") from err
+    return RunModel(run_dir, cfg, ckpt, model.eval(), trainer)
+
+
+def _with_paths(node: Any, paths: dict[str, str]) -> Any:
+    """The run's config with ``<paths.x>`` placeholders (resolved_config.yaml) replaced by this machine's."""
+    if isinstance(node, dict):
+        return {k: _with_paths(v, paths) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_with_paths(v, paths) for v in node]
+    if isinstance(node, str):
+        return re.sub(r"<paths\.(\w+)>", lambda m: paths.get(m.group(1), m.group(0)), node)
+    return node
+
+
+def stored_thresholds(run: RunModel) -> dict[str, Any] | None:
+    """The thresholds evaluation stored (metrics.json["thresholds"]) or a recomputation did (thresholds.json)."""
+    metrics = run.run_dir / "metrics.json"
+    if metrics.is_file():
+        found = json.loads(metrics.read_text()).get("thresholds")
+        if found:
+            return {**found, "source": "metrics.json"}
+    recomputed = run.run_dir / THRESHOLDS_FILE
+    if recomputed.is_file():
+        found = json.loads(recomputed.read_text())
+        return {"image": found.get("image"), "pixel": found.get("pixel"), "source": THRESHOLDS_FILE}
+    return None
+
+
+def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]:
+    """F1-max thresholds of the run's checkpoint on the run's test set, as evaluation finds them now.
+
+    The test set is read from where the run read it (its dataset config with this machine's ``paths``)
+    and must be the one the run was evaluated on (run_info.json's manifest). The recomputed metrics are
+    compared with metrics.json (a mismatch is logged). Written to ``<run>/thresholds.json`` when the
+    checkpoint is the run's own ``best.pt`` (so later predictions reuse them)."""
+    from cai.pipeline import _chw, load_category, read_test_set
+    from cai.track import manifest_digest
+
+    cfg = OmegaConf.create(_with_paths(OmegaConf.to_container(run.cfg, resolve=False), paths))
+    data = load_category(cfg)
+    info = run.run_dir / "run_info.json"
+    if info.is_file():
+        recorded = json.loads(info.read_text()).get("data", {}).get("test")
+        if recorded and recorded != manifest_digest([t.image for t in data.test], data.root):
+            raise CaiError("The run's test set has changed since it was evaluated: thresholds found on it now would "
+                           "not be the run's.", where=Path(data.root) / data.category,
+                           fix="Restore the test images the run was evaluated on, or pass threshold=<value>.")
+    log.info("Recomputing the F1-max thresholds on %d test images of %s/%s", len(data.test), data.dataset,
+             data.category)
+    images, masks, names, labels, has_mask = read_test_set(data, run.size)
+    test = EvalSet(_chw(images), torch.from_numpy(masks), names, torch.from_numpy(labels), torch.from_numpy(has_mask))
+    maps = run.trainer.predict(run.model, test.images)
+    evaluation = run.trainer.score(maps, test)
+    out: dict[str, Any] = {**evaluation.thresholds, "checkpoint": str(run.checkpoint),
+                           "metrics": evaluation.metrics, "skipped": evaluation.skipped,
+                           "how": "F1-max on the run's test set, recomputed by scripts/predict.py"}
+    metrics_file = run.run_dir / "metrics.json"
+    reported = json.loads(metrics_file.read_text()).get("metrics", {}) if metrics_file.is_file() else {}
+    differs = {k: (v, evaluation.metrics[k]) for k, v in reported.items() if v is not None
+               and k in evaluation.metrics and not math.isclose(v, evaluation.metrics[k], abs_tol=1e-9)}
+    out["matches_metrics_json"] = not differs if reported else None
+    if differs and run.own_checkpoint:
+        log.warning("The recomputed test metrics differ from metrics.json (%s): another device or library version? "
+                    "The thresholds are those of the model as it evaluates here.", differs)
+    if run.own_checkpoint:
+        try:
+            write_json(run.run_dir / THRESHOLDS_FILE, out)
+        except StorageError as err:
+            log.warning("Could not store the thresholds in the run dir (%s); they are in predict.json only.",
+                        err.what)
+    return out
+
+
+def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> Thresholds:
+    """The thresholds ``cfg`` asks for: overrides first, then the run's stored (or recomputed) ones."""
+    override = {"image": cfg.get("image_threshold"), "pixel": cfg.get("pixel_threshold")}
+    for kind in override:
+        if override[kind] is None and cfg.get("threshold") is not None:
+            override[kind] = cfg.threshold
+    source = {k: "override" for k, v in override.items() if v is not None}
+    if len(source) == 2:
+        return Thresholds(float(override["image"]), float(override["pixel"]), source)
+    found: dict[str, Any] | None = None
+    if cfg.get("recompute_thresholds"):
+        found = {**recompute_thresholds(run, paths), "source": "recomputed"}
+    elif run.own_checkpoint:
+        found = stored_thresholds(run)
+    if found is None or found.get("image") is None:
+        why = ("it was evaluated before thresholds were stored" if run.own_checkpoint
+               else f"its stored thresholds describe {DEFAULT_CHECKPOINT}, not {run.checkpoint.name}")
+        raise ConfigError(
+            f"The run has no F1-max thresholds for this checkpoint: {why}.", where=run.run_dir,
+            fix="Pass recompute_thresholds=true (re-evaluates the checkpoint on the run's test set, which must be "
+                "readable, and stores them in the run dir) or threshold=<value in [0, 1]> (image_threshold= / "
+                "pixel_threshold= for one of them).")
+    image = float(override["image"]) if override["image"] is not None else float(found["image"])
+    source.setdefault("image", found["source"])
+    if override["pixel"] is not None:
+        pixel = float(override["pixel"])
+    elif found.get("pixel") is not None:
+        pixel, source["pixel"] = float(found["pixel"]), found["source"]
+    else:  # no pixel ground truth in the run's test set: outline where the map reaches the image threshold
+        pixel, source["pixel"] = image, "image threshold (the run has no pixel ground truth)"
+        log.warning("The run has no pixel threshold (its test set had no pixel ground truth): the outline is drawn "
+                    "at the image threshold %.4f; pass pixel_threshold= to choose one.", image)
+    return Thresholds(image, pixel, source)
+
+
+# --------------------------------------------------------------------------------------------- images
+
+
+def find_images(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
+    """Image files under ``folder`` (sub-folders too, hidden ones skipped; a single file is itself), sorted,
+    and the other files found there (reported, not read). ``exclude`` (the output dir) is left out."""
+    folder = Path(folder).expanduser()
+    if folder.is_file():
+        return [folder], []
+    if not folder.is_dir():
+        raise CaiError("The images folder does not exist.", where=folder,
+                       fix="Pass images=<folder of images or one image>.")
+    images, others = [], []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
+            continue
+        if exclude is not None and p.resolve().is_relative_to(exclude.resolve()):
+            continue
+        (images if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
+    return images, others
+
+
+def output_names(images: list[Path], root: Path) -> dict[Path, Path]:
+    """Relative output stem per image: its relative path without suffix, or with it when two images of one
+    folder share a stem (``a.png`` and ``a.jpg``)."""
+    rel = {p: (p.relative_to(root) if p != root else Path(p.name)) for p in images}
+    stems: dict[Path, int] = {}
+    for r in rel.values():
+        stems[r.with_suffix("")] = stems.get(r.with_suffix(""), 0) + 1
+    return {p: r.with_suffix("") if stems[r.with_suffix("")] == 1 else r for p, r in rel.items()}
+
+
+def overlay(image: np.ndarray, amap: np.ndarray, pixel_threshold: float, header: str, alpha: float = 0.5,
+            min_height: int = 160) -> np.ndarray:
+    """The image beside the map blended over it (JET, absolute [0, 1] scale), outlined where the map
+    reaches ``pixel_threshold``, under a one-line header; images lower than ``min_height`` are enlarged
+    (nearest neighbour, whole pixels) so that the overlay stays legible."""
+    h, w = image.shape[:2]
+    blended = ((1 - alpha) * image.astype(np.float32) + alpha * heat(amap).astype(np.float32)).round().astype(np.uint8)
+    k = max(1, math.ceil(min_height / h))
+    if k > 1:
+        image, blended = (cv2.resize(a, (w * k, h * k), interpolation=cv2.INTER_NEAREST) for a in (image, blended))
+        amap = cv2.resize(amap, (w * k, h * k), interpolation=cv2.INTER_NEAREST)
+        h, w = h * k, w * k
+    thick = max(1, round(min(h, w) / 200))
+    contours, _ = cv2.findContours((amap >= pixel_threshold).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(blended, contours, -1, (255, 255, 255), thick)
+    gap = max(2, w // 100)
+    body = np.concatenate([image, np.full((h, gap, 3), 255, np.uint8), blended], axis=1)
+    bar_h = max(20, min(48, h // 12))
+    scale = bar_h / 36
+    (tw, _), _ = cv2.getTextSize(header, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    scale *= min(1.0, (body.shape[1] - 8) / max(tw, 1))
+    bar = np.full((bar_h, body.shape[1], 3), 255, np.uint8)
+    cv2.putText(bar, header, (4, int(bar_h * 0.72)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([bar, body], axis=0)
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Atomically write a .npy file."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+
+    _atomic_write(path, write, size_hint=array.nbytes)
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------------- predict
+
+
+def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, thresholds: Thresholds,
+                   alpha: float = 0.5) -> dict[str, Any]:
+    """Predict every image under ``images_dir`` into ``out_dir`` (see the module docstring); unreadable
+    files are reported (log, ``unreadable.csv``, ``predict.json``) and the rest processed."""
+    from tqdm.auto import tqdm
+
+    images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
+    files, others = find_images(images_dir, exclude=out_dir)
+    if others:
+        log.info("Ignored %d file(s) without an image suffix (%s), e.g. %s", len(others), "/".join(IMAGE_SUFFIXES),
+                 others[0])
+    if not files:
+        raise CaiError("No image files found.", where=images_dir,
+                       fix=f"Pass images=<a folder holding {'/'.join(IMAGE_SUFFIXES)} files (sub-folders too)>.")
+    names = output_names(files, images_dir)
+    size, pool = run.size, int(run.cfg.detector.image_score_pool)
+    batch = int(run.cfg.detector.eval_batch_size)  # the evaluation's batches: its maps, bit for bit
+    results: list[Prediction] = []
+    unreadable: list[tuple[str, str]] = []
+    pending: list[tuple[Path, np.ndarray]] = []
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=None)
+
+    def flush() -> None:
+        if not pending:
+            return
+        small = np.stack([resize_image(img, size) for _, img in pending])
+        maps = run.trainer.predict(run.model, torch.from_numpy(np.ascontiguousarray(small.transpose(0, 3, 1, 2))))
+        maps = maps.numpy()
+        scores = image_scores(maps, pool)
+        for (path, img), amap, score in zip(pending, maps, scores, strict=True):
+            results.append(_write_one(path, img, amap, float(score), names[path], images_dir, out_dir,
+                                      thresholds, alpha))
+        bar.update(len(pending))
+        pending.clear()
+
+    for path in files:
+        try:
+            pending.append((path, read_image(path)))
+        except CaiError as err:
+            rel = str(path.relative_to(images_dir)) if path != images_dir else path.name
+            unreadable.append((rel, err.what))
+            log.warning("Skipped unreadable file %s: %s", path, err.what)
+            bar.update(1)
+        if len(pending) == batch:
+            flush()
+    flush()
+    bar.close()
+    if not results:
+        raise CaiError(f"None of the {len(files)} image file(s) could be read.", where=images_dir,
+                       fix="Check the files (truncated, empty or not images?).")
+    write_text(out_dir / "scores.csv", _csv(
+        [["image", "image_score", "label", "anomalous_area", "width", "height"]]
+        + [[r.image, f"{r.score:.9g}", "anomalous" if r.anomalous else "normal", f"{r.anomalous_area:.9g}",
+            r.width, r.height] for r in results]))
+    if unreadable:
+        write_text(out_dir / "unreadable.csv", _csv([["image", "reason"], *map(list, unreadable)]))
+    summary = {
+        "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": str(images_dir),
+        "image_size": size, "image_score_pool": pool,
+        "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "source": thresholds.source},
+        "n_images": len(results), "n_anomalous": sum(r.anomalous for r in results),
+        "unreadable": [{"image": i, "reason": r} for i, r in unreadable],
+    }
+    write_json(out_dir / "predict.json", summary)
+    skipped = f"; {len(unreadable)} unreadable file(s) skipped, listed in {out_dir / 'unreadable.csv'}"
+    log.info("%d image(s) predicted into %s (%d anomalous at image threshold %.4f)%s", len(results), out_dir,
+             summary["n_anomalous"], thresholds.image, skipped if unreadable else "")
+    return summary
+
+
+def _write_one(path: Path, image: np.ndarray, amap: np.ndarray, score: float, name: Path, images_dir: Path,
+               out_dir: Path, thresholds: Thresholds, alpha: float) -> Prediction:
+    """Resize one detector-size map back to the image's size and write its .npy and overlay."""
+    h, w = image.shape[:2]
+    full = amap if amap.shape == (h, w) else cv2.resize(amap, (w, h), interpolation=cv2.INTER_LINEAR)
+    full = np.ascontiguousarray(full, dtype=np.float32)
+    write_npy(out_dir / "maps" / name.with_name(name.name + ".npy"), full)
+    anomalous = score >= thresholds.image
+    header = (f"{name}  score {score:.3f} {'>=' if anomalous else '<'} {thresholds.image:.3f}: "
+              f"{'ANOMALOUS' if anomalous else 'normal'}  (outline: map >= {thresholds.pixel:.3f})")
+    write_png(out_dir / "overlays" / name.with_name(name.name + ".png"),
+              overlay(image, full, thresholds.pixel, header, alpha))
+    rel = str(path.relative_to(images_dir)) if path != images_dir else path.name
+    return Prediction(rel, score, bool(anomalous), float((full >= thresholds.pixel).mean()), w, h)
+
+
+def run_predict(cfg: DictConfig) -> dict[str, Any]:
+    """scripts/predict.py: load the run, choose the thresholds, predict the folder."""
+    if not cfg.get("run"):
+        raise ConfigError("No run dir given.", fix="Pass run=<run dir> (make predict RUN=<run dir> IMAGES=<folder>).")
+    if not cfg.get("images"):
+        raise ConfigError("No images given.", fix="Pass images=<folder of images> (make predict ... IMAGES=<folder>).")
+    run = load_run(cfg.run, cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("batch_size"))
+    paths = {}
+    for key in cfg.get("paths") or {}:
+        value = OmegaConf.select(cfg, f"paths.{key}", throw_on_resolution_failure=False)
+        if value is not None:
+            paths[key] = str(value)
+    thresholds = choose_thresholds(run, cfg, paths)
+    out = Path(cfg.out).expanduser() if cfg.get("out") else run.run_dir / "predictions"
+    return predict_folder(run, cfg.images, out, thresholds, float(cfg.get("overlay_alpha", 0.5)))

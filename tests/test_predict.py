@@ -1,0 +1,188 @@
+"""scripts/predict.py on a tiny finished demo run: maps equal the evaluation's, images of any size come back at
+their own size, unreadable files are reported, thresholds from the run / overridden / recomputed, scores.csv."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from cai.errors import ConfigError, MissingFileError
+from tests.conftest import REPO_ROOT, compose_config
+
+TINY = [
+    "logger=none", "synthesizer=cutpaste", "foreground=otsu", "dataset=demo", "dataset.category=coin",
+    "dataset.image_size=64", "dataset.reader.n_train=6", "dataset.reader.n_test_good=3",
+    "dataset.reader.n_test_anomalous=3", "synthesizer.n_per_image=2", "detector.model.base_width=4",
+    "detector.epochs=2", "detector.samples_per_epoch=16", "detector.batch_size=4", "detector.eval_batch_size=4",
+    "synthesis.workers=1",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> tuple[Path, Path]:
+    """A finished tiny demo run (evaluation batches of 4 over 6 test images) and its cache dir."""
+    from cai.pipeline import run_job
+
+    tmp = tmp_path_factory.mktemp("demo_run")
+    run_dir, cache = tmp / "run", tmp / "cache"
+    cfg = compose_config("config", [*TINY, f"paths.cache_dir={cache}"], run_dir)
+    run_job(cfg, run_dir)
+    return run_dir, cache
+
+
+def _predict(tmp_path: Path, run_dir: Path, images: Path, *extra: str, cache: Path | None = None) -> dict:
+    from cai.predict import run_predict
+
+    overrides = [f"run={run_dir}", f"images={images}", f"out={tmp_path / 'out'}", *extra]
+    if cache is not None:
+        overrides.append(f"paths.cache_dir={cache}")
+    return run_predict(compose_config("predict", overrides, tmp_path))
+
+
+def _scores(out: Path) -> list[dict[str, str]]:
+    with (out / "scores.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def _evaluation_maps(run_dir: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The run's evaluation maps of its test set, made as run_job makes them (prepare_category, the
+    selected checkpoint, DetectorTrainer.predict), with the test masks and names."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from cai.detect.trainer import DetectorTrainer
+    from cai.pipeline import _chw, load_category, prepare_category
+
+    cfg = compose_config("config", [*TINY, f"paths.cache_dir={cache}"], run_dir)
+    prep = prepare_category(cfg, load_category(cfg))
+    trainer = DetectorTrainer(cfg.detector, lambda: instantiate(cfg.detector.model), run_dir, torch.device("cpu"), 0)
+    maps = trainer.predict(trainer.load_selected(), _chw(prep.test_images)).numpy()
+    assert OmegaConf.load(run_dir / "resolved_config.yaml").detector.eval_batch_size == 4
+    return maps, prep.test_masks, prep.test_names
+
+
+def test_predicted_maps_equal_the_evaluation_maps(demo_run, tmp_path):
+    """Predicting the run's own test folder gives the evaluation's maps bit for bit, its image scores, and
+    (with the test masks) exactly the metrics in metrics.json."""
+    from cai.metrics import anomaly_metrics, image_scores
+
+    run_dir, cache = demo_run
+    test_dir = cache / "demo_data" / "coin" / "test"
+    summary = _predict(tmp_path, run_dir, test_dir)
+    maps, masks, names = _evaluation_maps(run_dir, cache)
+    rows = _scores(tmp_path / "out")
+    assert [r["image"] for r in rows] == names and summary["n_images"] == len(names) == 6
+    predicted = np.stack([np.load(tmp_path / "out" / "maps" / (Path(n).with_suffix("").as_posix() + ".npy"))
+                          for n in names])
+    assert predicted.dtype == np.float32 and np.array_equal(predicted, maps)
+    assert [float(r["image_score"]) for r in rows] == pytest.approx(image_scores(maps, 21).tolist(), rel=1e-8)
+    reported = json.loads((run_dir / "metrics.json").read_text())
+    assert set(reported["metrics"]) == {"pixel_auroc", "pixel_ap", "pro", "image_auroc", "pixel_f1_max", "image_ap",
+                                        "image_f1_max"} and reported["skipped"] == {}
+    metrics = anomaly_metrics(predicted, masks)
+    assert {k: metrics[k] for k in reported["metrics"]} == pytest.approx(reported["metrics"], abs=1e-12)
+    thresholds = reported["thresholds"]
+    assert summary["thresholds"] == {"image": thresholds["image"], "pixel": thresholds["pixel"],
+                                     "source": {"image": "metrics.json", "pixel": "metrics.json"}}
+    for row, amap, score in zip(rows, maps, image_scores(maps, 21), strict=True):
+        assert row["label"] == ("anomalous" if score >= thresholds["image"] else "normal")
+        assert float(row["anomalous_area"]) == pytest.approx((amap >= thresholds["pixel"]).mean())
+        stem = Path(row["image"]).with_suffix("").as_posix()
+        overlay = cv2.imread(str(tmp_path / "out" / "overlays" / f"{stem}.png"))
+        assert overlay is not None and overlay.shape[0] > 160  # 64 px images are enlarged to stay legible
+
+
+def test_odd_size_image_comes_back_at_its_own_size_and_unreadable_files_are_reported(demo_run, tmp_path):
+    from cai.io import read_image, resize_image
+    from cai.predict import load_run
+
+    run_dir, cache = demo_run
+    folder = tmp_path / "new"
+    (folder / "sub").mkdir(parents=True)
+    source = read_image(next((cache / "demo_data" / "coin" / "test" / "crack").glob("*.png")))
+    odd = cv2.resize(source, (90, 50), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(folder / "sub" / "odd.png"), odd[:, :, ::-1])
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    summary = _predict(tmp_path, run_dir, folder)
+    out = tmp_path / "out"
+    rows = _scores(out)
+    assert [(r["image"], r["width"], r["height"]) for r in rows] == [("sub/odd.png", "90", "50")]
+    amap = np.load(out / "maps" / "sub" / "odd.npy")
+    assert amap.shape == (50, 90) and amap.dtype == np.float32
+    # the detector-size map (alone in its batch, as predict sent it) resized back bilinearly to 90 x 50
+    run = load_run(run_dir)
+    small = run.trainer.predict(run.model, torch.from_numpy(resize_image(odd, 64).transpose(2, 0, 1)[None].copy()))
+    assert np.array_equal(amap, cv2.resize(small[0].numpy(), (90, 50), interpolation=cv2.INTER_LINEAR))
+    assert cv2.imread(str(out / "overlays" / "sub" / "odd.png")) is not None
+    assert sorted(u["image"] for u in summary["unreadable"]) == ["broken.png", "empty.jpg"]
+    with (out / "unreadable.csv").open() as f:
+        listed = list(csv.DictReader(f))
+    assert sorted(r["image"] for r in listed) == ["broken.png", "empty.jpg"]
+    assert all("cannot be decoded" in r["reason"] for r in listed)
+
+
+def test_scores_csv_columns_and_threshold_overrides(demo_run, tmp_path):
+    run_dir, cache = demo_run
+    test_dir = cache / "demo_data" / "coin" / "test"
+    _predict(tmp_path, run_dir, test_dir, "threshold=0.0")
+    with (tmp_path / "out" / "scores.csv").open() as f:
+        header = next(csv.reader(f))
+    assert header == ["image", "image_score", "label", "anomalous_area", "width", "height"]
+    rows = _scores(tmp_path / "out")
+    assert {r["label"] for r in rows} == {"anomalous"} and {float(r["anomalous_area"]) for r in rows} == {1.0}
+    summary = _predict(tmp_path, run_dir, test_dir, "threshold=1.01")
+    rows = _scores(tmp_path / "out")
+    assert {r["label"] for r in rows} == {"normal"} and {float(r["anomalous_area"]) for r in rows} == {0.0}
+    assert summary["thresholds"]["source"] == {"image": "override", "pixel": "override"}
+    # one of them overridden, the other from the run
+    summary = _predict(tmp_path, run_dir, test_dir, "image_threshold=0.0")
+    stored = json.loads((run_dir / "metrics.json").read_text())["thresholds"]
+    assert summary["thresholds"] == {"image": 0.0, "pixel": stored["pixel"],
+                                     "source": {"image": "override", "pixel": "metrics.json"}}
+    assert {r["label"] for r in _scores(tmp_path / "out")} == {"anomalous"}
+
+
+def test_run_from_before_thresholds_needs_a_recompute_that_finds_the_evaluation_thresholds(demo_run, tmp_path):
+    """A run whose metrics.json has no thresholds stops with what to do; recompute_thresholds=true finds on the
+    run's test set exactly the thresholds evaluation stored, and keeps them in <run>/thresholds.json."""
+    run_dir, cache = demo_run
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir, old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    stored = metrics.pop("thresholds")
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    test_dir = cache / "demo_data" / "coin" / "test"
+    with pytest.raises(ConfigError, match="recompute_thresholds=true"):
+        _predict(tmp_path, old, test_dir)
+    summary = _predict(tmp_path, old, test_dir, "recompute_thresholds=true", cache=cache)
+    assert summary["thresholds"]["image"] == stored["image"] and summary["thresholds"]["pixel"] == stored["pixel"]
+    saved = json.loads((old / "thresholds.json").read_text())
+    assert (saved["image"], saved["pixel"], saved["matches_metrics_json"]) == (stored["image"], stored["pixel"], True)
+    again = _predict(tmp_path, old, test_dir)  # later predictions reuse them
+    assert again["thresholds"]["source"] == {"image": "thresholds.json", "pixel": "thresholds.json"}
+    # another checkpoint than the one evaluated: its thresholds are not the run's
+    with pytest.raises(ConfigError, match="not last.pt"):
+        _predict(tmp_path, old, test_dir, "checkpoint=checkpoints/last.pt")
+
+
+def test_not_a_run_dir_and_cli_errors_are_one_clear_message(demo_run, tmp_path):
+    with pytest.raises(MissingFileError, match="resolved_config.yaml"):
+        _predict(tmp_path, tmp_path, tmp_path)
+    run_dir, _ = demo_run
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "predict.py"), f"run={run_dir}",
+                           f"images={tmp_path / 'nowhere'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "images folder does not exist" in proc.stderr and str(tmp_path / "nowhere") in proc.stderr
