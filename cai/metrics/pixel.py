@@ -477,7 +477,8 @@ class AnomalyMetrics:
 
     ``update`` copies each batch to the CPU as float32 maps and bool masks (exact: nothing is quantised);
     ``compute`` ranks all pixels once and returns ``pixel_auroc``, ``pixel_ap``, ``pro`` (up to
-    ``fpr_limit``) and ``image_auroc`` (image score: :func:`image_scores` with ``image_pool``; image
+    ``fpr_limit``) and ``image_auroc`` (image score: the one given to ``update`` -- a detector with its own
+    image score, e.g. HeadCLIP's joint score --, else :func:`image_scores` with ``image_pool``; image
     label: the one given to ``update``, else the mask has an anomalous pixel). ``device``: "cpu" ranks
     with NumPy, a CUDA device with torch on it. Batches may differ in image size.
     """
@@ -494,11 +495,14 @@ class AnomalyMetrics:
         self._maps: list[torch.Tensor] = []
         self._masks: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
+        self._scores: list[np.ndarray | None] = []
 
-    def update(self, anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike | None = None) -> None:
+    def update(self, anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike | None = None,
+               scores: ArrayLike | None = None) -> None:
         """Add a batch: maps (B, H, W) or (B, 1, H, W), masks of the same shape, optional image labels
         (B,) (e.g. from the original-size masks, so a defect lost in resizing still counts); default:
-        the mask has an anomalous pixel."""
+        the mask has an anomalous pixel. Optional image ``scores`` (B,): the detector's own image scores;
+        default: :func:`image_scores` of the maps."""
         maps = _as_maps(anomaly_maps)
         mask = _as_masks(masks, maps.shape)
         if labels is None:
@@ -510,6 +514,13 @@ class AnomalyMetrics:
         self._maps.append(maps.to(device="cpu", dtype=torch.float32, copy=True))
         self._masks.append(mask.copy())
         self._labels.append(label)
+        if scores is not None:
+            score = _as_tensor(scores).reshape(-1).cpu().numpy().astype(np.float64)
+            if len(score) != len(mask):
+                raise ValueError(f"{len(score)} image scores for {len(mask)} masks")
+            self._scores.append(score)
+        else:
+            self._scores.append(None)
 
     def compute(self, backend: Backend = "auto") -> dict[str, float]:
         """The four metrics over everything added since the last reset (``backend`` as in pro_score)."""
@@ -519,7 +530,8 @@ class AnomalyMetrics:
         labels, counts, n_regions = _label_regions(self._masks)
         scores = _flatten(ops, self._maps, self.device)
         ranking = _rank(ops, scores, ops.array(labels, like=scores), counts, with_overlap=True)
-        img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) for m in self._maps])
+        img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) if s is None else s
+                                     for m, s in zip(self._maps, self._scores, strict=True)])
         img_labels = np.concatenate(self._labels)
         return {
             "pixel_auroc": _auroc_from_ranking(ranking),
