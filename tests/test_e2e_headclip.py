@@ -64,6 +64,12 @@ def test_headclip_demo_run_trains_evaluates_and_makes_a_table_row(tmp_path):
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history if "loss" in h] == [1, 2]
 
+    from cai.figures import heatmaps_from_run  # Fig. 6 heat maps come from HeadCLIP's own trainer
+
+    paths = {"cache_dir": str(tmp_path / "cache"), "model_dir": str(tmp_path / "models")}
+    items = heatmaps_from_run(run_dir, paths, n=2, device="cpu")
+    assert len(items) == 2 and items[0].anomaly_map.shape == (64, 64) and items[0].anomaly_map.min() >= 0.0
+
     table = _script("make_table.py", ["table=demo", f"table.runs_dir={runs}", f"table.output={tmp_path / 't.md'}",
                                       "table.expected=null"], tmp_path)
     assert table.returncode == 0, table.stderr[-3000:]
