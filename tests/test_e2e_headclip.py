@@ -16,8 +16,6 @@ import torch
 
 from cai.errors import ConfigError
 
-pytest.importorskip("open_clip")
-
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_CLIP = ("{embed_dim:32,vision_cfg:{image_size:32,layers:4,width:64,patch_size:8,head_width:16},"

@@ -92,7 +92,9 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     state = torch.jit.load(str(path), map_location="cpu").state_dict()  # OpenAI's released archives
     for key in ("input_resolution", "context_length", "vocab_size"):
         state.pop(key, None)
-    model.load_state_dict(state, strict=True)
+    kept = set(model.state_dict())  # an archive also holds buffers open_clip keeps out of its state (attn_mask)
+    transient = {name for name, _ in model.named_buffers()} - kept
+    model.load_state_dict({k: v for k, v in state.items() if k not in transient}, strict=True)
 
 
 def build_clip(clip_cfg: DictConfig, seed: int = 0) -> nn.Module:

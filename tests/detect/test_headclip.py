@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import copy
 
+import open_clip  # a pinned dependency (pyproject.toml): never skipped
 import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from cai.errors import ConfigError, MissingFileError
-
-open_clip = pytest.importorskip("open_clip")
-
-from cai.detect.headclip import (  # noqa: E402
+from cai.detect.headclip import (
     HeadCLIP,
     HeadCLIPLoss,
     LearnableHeadWeights,
@@ -23,6 +20,7 @@ from cai.detect.headclip import (  # noqa: E402
     focal_loss_on_probs,
     joint_anomaly_score,
 )
+from cai.errors import ConfigError, MissingFileError
 
 # A 4-block, 4-head ViT (32 px, 8 px patches: a 4 x 4 grid) and a 2-block text tower: milliseconds on a CPU.
 TINY_CLIP = {"embed_dim": 32,
@@ -248,3 +246,15 @@ def test_weights_are_loaded_from_the_configured_file(clip, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), clip.state_dict().values(), strict=True))
     other = build_clip(OmegaConf.create(DETECTOR["clip"]), seed=7)  # another random init: other weights
     assert not torch.equal(other.visual.proj, clip.visual.proj)
+
+
+def test_a_torchscript_archive_as_openai_ships_its_weights_loads(clip, tmp_path):
+    import warnings
+
+    image, text = torch.rand(1, 3, 32, 32), torch.randint(0, 49407, (1, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.trace(clip, (image, text), check_trace=False), tmp_path / "ViT-tiny.pt")
+        loaded = build_clip(OmegaConf.create({**DETECTOR["clip"], "random_init": False,
+                                              "weights": str(tmp_path / "ViT-tiny.pt")}), seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), clip.state_dict().values(), strict=True))
