@@ -263,8 +263,9 @@ def predict_maps(model: torch.nn.Module, images: np.ndarray, device: torch.devic
 
 def heatmaps_from_run(run_dir: Path, paths: Mapping[str, Any], n: int = 2, prefer: Sequence[str] = (),
                       device: str = "auto") -> list[HeatmapItem]:
-    """The run's selected detector (``checkpoints/best.pt``, built from ``detector.model``) on ``n`` real
-    test anomalies of its category (``prefer``'d defect types first)."""
+    """The run's selected detector (``checkpoints/best.pt``, built from ``detector.model``, or by the
+    detector's own trainer, e.g. HeadCLIP's) on ``n`` real test anomalies of its category (``prefer``'d
+    defect types first)."""
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoints" / "best.pt"
     if not ckpt_path.is_file():
@@ -280,9 +281,16 @@ def heatmaps_from_run(run_dir: Path, paths: Mapping[str, Any], n: int = 2, prefe
         images.append(resize_image(img, size))
         masks.append(resize_mask(read_mask(t.mask, img.shape[:2]), size))
     dev = resolve_device(device)
-    model = build(cfg.detector.model)
-    model.load_state_dict(torch.load(ckpt_path, map_location=dev, weights_only=False)["model"])
-    maps = predict_maps(model, np.stack(images), dev) if images else np.zeros((0, size, size))
+    if cfg.detector.get("trainer") and images:  # another detector family (detector=headclip): its trainer
+        from cai.detect.trainer import make_trainer  # builds the model, loads best.pt and predicts the maps
+
+        trainer = make_trainer(cfg.detector, run_dir, dev, int(cfg.seed))
+        chw = torch.from_numpy(np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2)))
+        maps = trainer.predict(trainer.load_selected(), chw).numpy()
+    else:
+        model = build(cfg.detector.model)
+        model.load_state_dict(torch.load(ckpt_path, map_location=dev, weights_only=False)["model"])
+        maps = predict_maps(model, np.stack(images), dev) if images else np.zeros((0, size, size))
     return [HeatmapItem(im, m, a, f"{data.category} / {t.defect}")
             for im, m, a, t in zip(images, masks, maps, chosen, strict=True)]
 

@@ -22,7 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cai.data.types import CategoryData
-from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, resolve_device
+from cai.detect.auxiliary import AuxiliaryData, train_on
+from cai.detect.trainer import EvalSet, TrainSet, make_trainer, resolve_device
 from cai.detect.validation import holdout_indices, split_train_val
 from cai.errors import CaiError, ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
@@ -245,6 +246,8 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     check_memory(cfg, len(data.train), len(data.test))  # before any image is read
     prep = prepare_category(cfg, data)
     check_test_set(prep.test_labels, Path(data.root) / data.category)
+    if train_on(cfg) == "auxiliary":  # HeadCLIP's zero-shot protocol: another dataset's annotated anomalies
+        return _run_auxiliary_job(cfg, run_dir, identity, data, prep)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
     record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {
@@ -257,23 +260,22 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if cfg.detector.selection == "val":  # held-out normals + their pseudo anomalies choose the epoch
         held_out = holdout_indices(len(prep.normals), float(cfg.detector.val_fraction), int(cfg.seed))
         train, val = split_train_val(train, normal_index, held_out)
-    test = EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names,
-                   torch.from_numpy(prep.test_labels), torch.from_numpy(prep.test_has_mask))
+    test = _eval_set(prep)
 
     tracker = Tracker(run_dir, cfg, cfg.logger)
     exit_code = 1
     try:
         device = resolve_device(cfg.device)
-        trainer = DetectorTrainer(cfg.detector, lambda: instantiate(cfg.detector.model), run_dir, device,
-                                  int(cfg.seed), on_epoch=lambda e, r: tracker.log(r, step=e))
+        trainer = make_trainer(cfg.detector, run_dir, device, int(cfg.seed),
+                               on_epoch=lambda e, r: tracker.log(r, step=e))
         result = trainer.fit(train, test, resume=bool(cfg.resume), val=val)
         tracker.log_image("synthesis", synthesis_panel(prep.normals, pseudo, pseudo_masks, normal_index,
                                                        n=int(cfg.n_panels)),
                           caption=f"{cfg.synthesizer.display_name}: normal | pseudo anomaly | mask")
         selected = result["selected"]
         model = trainer.load_selected()
-        maps = trainer.predict(model, test.images)
-        evaluation = trainer.score(maps, test)  # the selected model's F1-max thresholds, skipped metrics
+        maps, scores = trainer.predict_scored(model, test.images)  # scores: HeadCLIP's joint score, else None
+        evaluation = trainer.score(maps, test, scores)  # the selected model's F1-max thresholds, skipped metrics
         tracker.log_image("samples", prediction_panel(prep.test_images, prep.test_masks, maps.numpy(),
                                                       prep.test_names, n=int(cfg.n_panels),
                                                       labels=prep.test_labels, has_mask=prep.test_has_mask),
@@ -294,12 +296,67 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             # DRAEM / GLASS anomaly-source textures ("dtd" / "dtd_mini"); null for synthesizers without
             "texture_source": cfg.synthesizer.get("texture_source"),
             "budget": choices.get("budget", "paper"),
+            "detector": detector_name(cfg, choices),
         }
         if val is not None:
             metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),
                               "n_normal": sum(n.startswith("val_normal/") for n in val.names)}
         write_json(run_dir / "metrics.json", metrics)
         tracker.summary({k: v for k, v in metrics["metrics"].items() if v is not None})
+        (run_dir / "done").write_text("ok\n")
+        exit_code = 0
+        return metrics
+    finally:
+        tracker.finish(exit_code)
+
+
+def detector_name(cfg: DictConfig, choices: dict[str, str]) -> str:
+    """The detector choice (``unet`` | ``headclip``): Hydra's, else the config's ``name`` (the UNet has none)."""
+    return str(choices.get("detector") or cfg.detector.get("name") or "unet")
+
+
+def _eval_set(prep: PreparedCategory) -> EvalSet:
+    return EvalSet(_chw(prep.test_images), torch.from_numpy(prep.test_masks), prep.test_names,
+                   torch.from_numpy(prep.test_labels), torch.from_numpy(prep.test_has_mask))
+
+
+def _run_auxiliary_job(cfg: DictConfig, run_dir: Path, identity: dict[str, Any], data: CategoryData,
+                       prep: PreparedCategory) -> dict[str, Any]:
+    """``detector.train_on=auxiliary``: no synthesis; the detector is trained once on the auxiliary dataset's
+    annotated test images (shared by every target category, cai/detect/auxiliary.py) and evaluated here."""
+    aux = AuxiliaryData(cfg)
+    record_run_config(run_dir, identity)
+    write_run_info(run_dir, REPO_ROOT, {**_data_digests(data), "auxiliary": aux.identity()})
+    test = _eval_set(prep)
+    tracker = Tracker(run_dir, cfg, cfg.logger)
+    exit_code = 1
+    try:
+        device = resolve_device(cfg.device)
+        trainer = make_trainer(cfg.detector, run_dir, device, int(cfg.seed),
+                               on_epoch=lambda e, r: tracker.log(r, step=e))
+        selected = trainer.fit_auxiliary(aux, test, resume=bool(cfg.resume))["selected"]
+        maps, scores = trainer.predict_scored(trainer.load_selected(), test.images)
+        evaluation = trainer.score(maps, test, scores)
+        tracker.log_image("samples", prediction_panel(prep.test_images, prep.test_masks, maps.numpy(),
+                                                      prep.test_names, n=int(cfg.n_panels),
+                                                      labels=prep.test_labels, has_mask=prep.test_has_mask),
+                          caption="test image | ground truth | anomaly map")
+        choices = hydra_choices()
+        metrics = {
+            "dataset": data.dataset, "category": data.category,
+            "synthesizer": cfg.synthesizer.name, "display_name": cfg.synthesizer.display_name,
+            "selection": cfg.detector.selection, "selected_epoch": selected["epoch"],
+            "metrics": reported_metrics(selected, evaluation),
+            "thresholds": evaluation.thresholds,
+            "skipped": skipped_metrics(evaluation, cfg.detector.selection),
+            "n_test": len(prep.test_images),  # what it trained on: "auxiliary" below
+            "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, choices),
+            "train_on": "auxiliary", "auxiliary": aux.describe(),
+            "budget": choices.get("budget", "paper"),
+            "detector": detector_name(cfg, choices),
+        }
+        write_json(run_dir / "metrics.json", metrics)
+        tracker.summary(metrics["metrics"])
         (run_dir / "done").write_text("ok\n")
         exit_code = 0
         return metrics

@@ -41,10 +41,9 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cai.detect.trainer import DetectorTrainer, EvalSet, resolve_device
+from cai.detect.trainer import DetectorTrainer, EvalSet, make_trainer, resolve_device
 from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
 from cai.io import IMAGE_SUFFIXES, _atomic_write, read_image, resize_image, write_json, write_png, write_text
 from cai.metrics import image_scores
@@ -124,12 +123,11 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
     if batch_size is not None:
         cfg.detector.eval_batch_size = int(batch_size)
     device_ = resolve_device(device)
-    trainer = DetectorTrainer(cfg.detector, lambda: instantiate(cfg.detector.model), run_dir, device_,
-                              int(cfg.get("seed", 0)))
-    model = instantiate(cfg.detector.model).to(device_)
+    trainer = make_trainer(cfg.detector, run_dir, device_, int(cfg.get("seed", 0)))  # the run's detector
+    model = trainer.new_model()
     try:
         state = torch.load(ckpt, map_location=device_, weights_only=True)
-        model.load_state_dict(state["model"])
+        trainer.load_model_state(model, state["model"])
     except (RuntimeError, KeyError, OSError, ValueError) as err:
         raise CaiError(f"The checkpoint does not fit the run's detector ({str(err).splitlines()[0][:200]}).",
                        where=ckpt,
@@ -185,8 +183,8 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
              data.category)
     images, masks, names, labels, has_mask = read_test_set(data, run.size)
     test = EvalSet(_chw(images), torch.from_numpy(masks), names, torch.from_numpy(labels), torch.from_numpy(has_mask))
-    maps = run.trainer.predict(run.model, test.images)
-    evaluation = run.trainer.score(maps, test)
+    maps, scores = run.trainer.predict_scored(run.model, test.images)
+    evaluation = run.trainer.score(maps, test, scores)
     out: dict[str, Any] = {**evaluation.thresholds, "checkpoint": str(run.checkpoint),
                            "metrics": evaluation.metrics, "skipped": evaluation.skipped,
                            "how": "F1-max on the run's test set, recomputed by scripts/predict.py"}
@@ -345,9 +343,10 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
         if not pending:
             return
         small = np.stack([resize_image(img, size) for _, img in pending])
-        maps = run.trainer.predict(run.model, torch.from_numpy(np.ascontiguousarray(small.transpose(0, 3, 1, 2))))
+        maps, own = run.trainer.predict_scored(run.model,
+                                               torch.from_numpy(np.ascontiguousarray(small.transpose(0, 3, 1, 2))))
         maps = maps.numpy()
-        scores = image_scores(maps, pool)
+        scores = image_scores(maps, pool) if own is None else own.numpy()  # HeadCLIP: its joint score
         for (path, img), amap, score in zip(pending, maps, scores, strict=True):
             results.append(_write_one(path, img, amap, float(score), names[path], images_dir, out_dir,
                                       thresholds, alpha))

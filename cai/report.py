@@ -6,8 +6,9 @@ synthesizer's display name, or the ablation choice), a dataset and the checkpoin
 categories × seeds (mean ± std), and printed as "ours / paper" cells. A cell never silently averages
 fewer runs than expected: one with a failed or missing (category, seed) shows ``mean* (k/n)`` and a note
 naming what is missing; a cell with no run at all is "X". A table comes from one budget (``paper`` or
-``cpu``) and says so in its heading, with the selection(s); selections are shown side by side, never
-averaged together. Optionally a paired comparison (candidate − strongest baseline per seed) follows.
+``cpu``) and one detector (``unet`` or ``headclip``) and says so in its heading, with the selection(s);
+selections are shown side by side, never averaged together. Optionally a paired comparison (candidate −
+strongest baseline per seed) follows.
 
 Beside each markdown table, :func:`write_runs_csv` writes the long table of the sweep (one CSV row per run
 dir, finished, failed or unfinished, with a ``status`` column; every metric, the dotted extras of
@@ -64,6 +65,7 @@ class TableSpec:
     seeds: list[int] | None = None                # expected seeds; None: every seed found in the runs
     selections: list[str] | None = None           # checkpoint selections shown side by side; None: found
     budget: str | None = None                     # keep only this budget's runs; None: runs must agree
+    detector: str | None = None                   # keep only this detector's runs; None: runs must agree
     paired: dict[str, Any] | None = None          # {candidates: [rows], metrics: [labels]}: paired test
     texture_notes: dict[str, str] = field(default_factory=dict)  # texture_source -> footnote
 
@@ -140,6 +142,7 @@ def _hydra_identity(run_dir: Path) -> dict[str, Any]:
             choices = {str(k): str(v) for k, v in OmegaConf.to_container(choices, resolve=False).items()}
             record["choices"] = choices
             record["budget"] = choices.get("budget")
+            record["detector"] = choices.get("detector")
     return record
 
 
@@ -318,6 +321,11 @@ def _budget(run: dict[str, Any]) -> str:
     return str(run.get("budget") or "paper")
 
 
+def _detector(run: dict[str, Any]) -> str:
+    """The detector that produced a run (metrics.json before there was a choice: the UNet)."""
+    return str(run.get("detector") or "unet")
+
+
 Key = tuple[str, int]  # (category, seed)
 
 
@@ -337,6 +345,7 @@ class _Table:
     cells: dict[tuple[str, str, str], Cell]
     selections: list[str]
     budget: str
+    detector: str
     seeds: list[int]
     expected: dict[str, list[Key]]
     ignored: list[str]
@@ -360,6 +369,17 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
                               f"table.budget={budgets[0]}")
     else:
         budget = budgets[0] if budgets else "n/a"
+    detectors = sorted({_detector(r) for r in records})
+    if spec.detector is not None:
+        records = [r for r in records if _detector(r) == spec.detector]
+        detector = spec.detector
+    elif len(detectors) > 1:
+        raise ConfigError(f"Table {spec.name}: its runs mix detectors {detectors}; a table is made from one "
+                          "detector.", where=spec.runs_dir,
+                          fix=f"Choose one, e.g. python scripts/make_table.py table={spec.name} "
+                              f"table.detector={detectors[0]}")
+    else:
+        detector = detectors[0] if detectors else "n/a"
     found = sorted({_selection(r) for r in records})
     selections = list(spec.selections) if spec.selections else found
     records = [r for r in records if _selection(r) in selections]
@@ -398,7 +418,8 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
         for key in list(cell.failed):
             if key in cell.values:
                 del cell.failed[key]
-    return _Table(dict(cells), selections, budget, seeds, expected, sorted(ignored), records, unidentified)
+    return _Table(dict(cells), selections, budget, detector, seeds, expected, sorted(ignored), records,
+                  unidentified)
 
 
 #: Keys that choose which categories a sweep runs, not how one run goes: a cell may mix runs made with
@@ -509,7 +530,8 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
                + (f", in {spec.unit}" if spec.unit else ""))
     caption += ". X = not run." + (" Lower is better." if spec.lower_is_better else "")
     caption += " \\* = incomplete (finished/expected runs), see below." if _incomplete(spec, table) else ""
-    heading = f"## {spec.title} (selection: {' | '.join(sels) if sels else 'n/a'}; budget: {table.budget})"
+    heading = (f"## {spec.title} (selection: {' | '.join(sels) if sels else 'n/a'}; budget: {table.budget}; "
+               f"detector: {table.detector})")
     lines = [heading, "", caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         vals = []

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from cai.detect.auxiliary import check_train_on
 from cai.errors import ConfigError, DatasetError
 from cai.io import check_writable
 from cai.synth.cai import check_quota_sum
@@ -29,6 +30,7 @@ def validate_job(cfg: DictConfig, run_dir: str | Path) -> None:
     check_overrides(cfg)
     check_required(cfg)
     check_detector(cfg)
+    check_train_on(cfg)
     check_synthesis(cfg)
     check_image_size(cfg)
     from cai.detect.trainer import resolve_device
@@ -60,10 +62,13 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
 
 
 def check_detector(cfg: DictConfig) -> None:
-    """Epochs, batch sizes, samples per epoch and eval_every are positive whole numbers; lr is positive; the
-    selection is known (and val_fraction in (0, 1) for selection=val)."""
+    """Epochs, batch sizes, samples per epoch and eval_every are positive whole numbers (samples per epoch
+    may be null: one pass over the training set); lr is positive; the selection is known (and val_fraction
+    in (0, 1) for selection=val)."""
     for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch",
                 "detector.eval_every"):  # eval_every 0 would make selection=best silently the last epoch
+        if key == "detector.samples_per_epoch" and OmegaConf.select(cfg, key) is None:
+            continue
         _positive_int(cfg, key)
     fraction = OmegaConf.select(cfg, "detector.anomaly_fraction")
     if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:

@@ -67,6 +67,20 @@ def test_budgets(tmp_path):
     assert demo.hydra.sweeper.params.synthesizer == "cutpaste,cai_n"
 
 
+def test_budgets_leave_headclips_training_alone(tmp_path):
+    """A budget's detector part is per detector (conf/budget_detector/<budget>_<detector>.yaml): HeadCLIP keeps
+    its published training at every budget, which still sets the image size; the UNet's are as before."""
+    for budget, size in (("paper", 256), ("cpu", 128)):
+        cfg = _compose([f"budget={budget}", "detector=headclip"], tmp_path)
+        assert cfg.dataset.image_size == size and "model" not in cfg.detector
+        assert (cfg.detector.epochs, cfg.detector.samples_per_epoch, cfg.detector.batch_size) == (15, None, 8)
+        assert (cfg.detector.lr, cfg.detector.clip.image_size, cfg.detector.selection) == (1e-3, 518, "last")
+        assert cfg.hydra.runtime.choices.budget_detector == f"{budget}_headclip"
+    table1 = _compose(["experiment=table1", "dataset=mvtec", "detector=headclip"], tmp_path)
+    assert table1.detector.epochs == 15 and table1.detector.trainer.endswith("HeadCLIPTrainer")
+    assert _compose(["experiment=table1", "dataset=mvtec"], tmp_path).detector.epochs == 200
+
+
 @pytest.mark.parametrize("table", _options("table"))
 def test_table_configs(table, tmp_path):
     cfg = _compose([f"table={table}"], tmp_path, config_name="make_table")

@@ -69,7 +69,8 @@ def test_table2_shape_exact(tmp_path):
     paper.write_text("synthesizer,mvtec,visa,ksdd2\nCutPaste,153.4,98.5,201.9\nCAI-M,107.0,37.9,147.9\n")
     spec = _table2_spec(runs, paper)
     text = render(spec, collect_runs(runs, spec.source))
-    assert text.startswith("## Table 2 (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories) "
+    assert text.startswith("## Table 2 (selection: best; budget: paper; detector: unet)\n\n"
+                           "Cells: ours (mean ± std over categories) "
                            "/ paper. X = not run. Lower is better. \\* = incomplete (finished/expected runs), "
                            "see below.\n\n")
     assert "| method | mvtec FID | visa FID | ksdd2 FID |\n|---|---|---|---|\n" in text
@@ -196,7 +197,8 @@ def test_seeds_mean_std_over_seed_means_and_missing_seed_is_incomplete(tmp_path)
     _rec(tmp_path, "cai-b-0", "CAI-N", "b", {"pixel_auroc": 0.9}, seed=0)
     _rec(tmp_path, "cai-a-1", "CAI-N", "a", {"pixel_auroc": 0.9}, seed=1)
     text = _table(tmp_path, rows=["CutPaste", "CAI-N"])
-    assert text.startswith("## T (selection: best; budget: paper)\n\nCells: ours (mean over categories × seeds 0, 1 "
+    assert text.startswith("## T (selection: best; budget: paper; detector: unet)\n\n"
+                           "Cells: ours (mean over categories × seeds 0, 1 "
                            "± std of the seeds' means), in %. X = not run. \\* = incomplete (finished/expected "
                            "runs), see below.\n\n| method | demo AUC |\n|---|---|\n"
                            "| CutPaste | 75.0 ± 7.1 |\n| CAI-N | 90.0* (3/4) |\n")
@@ -210,11 +212,11 @@ def test_selections_are_never_averaged_together(tmp_path):
     _rec(tmp_path, "best", "CutPaste", "a", {"pixel_auroc": 0.8}, selection="best")
     _rec(tmp_path, "val", "CutPaste", "a", {"pixel_auroc": 0.9}, selection="val")
     text = _table(tmp_path)
-    assert text.startswith("## T (selection: best | val; budget: paper)\n")
+    assert text.startswith("## T (selection: best | val; budget: paper; detector: unet)\n")
     assert "| method | demo AUC (best) | demo AUC (val) |\n|---|---|---|\n| CutPaste | 80.0 | 90.0 |\n" in text
     assert "Runs per cell: CutPaste/demo/best: 1, CutPaste/demo/val: 1\n" in text
     only_val = _table(tmp_path, selections=["val"])
-    assert only_val.startswith("## T (selection: val; budget: paper)\n")
+    assert only_val.startswith("## T (selection: val; budget: paper; detector: unet)\n")
     assert "| method | demo AUC |\n|---|---|\n| CutPaste | 90.0 |\n" in only_val
 
 
@@ -228,16 +230,43 @@ def test_mixed_budgets_refuse_to_render_and_a_filter_picks_one(tmp_path):
     with pytest.raises(ConfigError, match=r"mix budgets \['cpu', 'paper'\].*\n.*\n.*table\.budget=cpu"):
         _table(tmp_path)
     text = _table(tmp_path, budget="cpu")
-    assert text.startswith("## T (selection: best; budget: cpu)\n")
+    assert text.startswith("## T (selection: best; budget: cpu; detector: unet)\n")
     assert "| CutPaste | 60.0 |\n" in text
     assert "| CutPaste | 80.0 |\n" in _table(tmp_path, budget="paper")
+
+
+def test_mixed_detectors_refuse_to_render_and_a_filter_picks_one(tmp_path):
+    """A UNet run (metrics.json without "detector": older runs) and a HeadCLIP run of one cell: refused like
+    mixed budgets; table.detector picks one and the heading names it; a failed run's detector is its choice."""
+    import pytest
+
+    from cai.errors import ConfigError
+
+    _rec(tmp_path, "unet", "CutPaste", "a", {"pixel_auroc": 0.8})
+    _rec(tmp_path, "headclip", "CutPaste", "a", {"pixel_auroc": 0.6}, detector="headclip", selection="last")
+    with pytest.raises(ConfigError, match=r"mix detectors \['headclip', 'unet'\].*\n.*\n.*table\.detector=headclip"):
+        _table(tmp_path)
+    text = _table(tmp_path, detector="headclip")
+    assert text.startswith("## T (selection: last; budget: paper; detector: headclip)\n")
+    assert "| CutPaste | 60.0 |\n" in text
+    assert _table(tmp_path, detector="unet").startswith("## T (selection: best; budget: paper; detector: unet)\n")
+    _failed(tmp_path, "hc-b", "CutPaste", "demo", "b", "CUDA out of memory", selection="last")
+    from omegaconf import OmegaConf
+
+    hydra_file = tmp_path / "hc-b" / ".hydra" / "hydra.yaml"
+    hydra = OmegaConf.load(hydra_file)
+    hydra.hydra.runtime.choices.detector = "headclip"
+    OmegaConf.save(hydra, hydra_file)
+    assert "failed: b (CUDA out of memory)" in _table(tmp_path, detector="headclip")
+    assert "CUDA out of memory" not in _table(tmp_path, detector="unet")
 
 
 def test_runs_of_datasets_outside_the_table_are_not_its_concern(tmp_path):
     _rec(tmp_path, "a", "CutPaste", "a", {"pixel_auroc": 0.8})
     _rec(tmp_path, "b", "CutPaste", "bottle", {"pixel_auroc": 0.6}, dataset="mvtec", budget="cpu", seed=3)
     text = _table(tmp_path)
-    assert text.startswith("## T (selection: best; budget: paper)\n\nCells: ours (mean ± std over categories), in %.")
+    assert text.startswith("## T (selection: best; budget: paper; detector: unet)\n\n"
+                           "Cells: ours (mean ± std over categories), in %.")
     assert "| CutPaste | 80.0 |\n" in text and "Runs per cell: CutPaste/demo: 1\n" in text
 
 
@@ -362,7 +391,7 @@ def test_make_table_script_marks_failed_category_and_refuses_mixed_budgets(tmp_p
     assert "mix budgets ['cpu', 'paper']" in mixed.stderr and "table.budget=cpu" in mixed.stderr
     assert make("table.budget=cpu").returncode == 0
     assert out.read_text().startswith("## Demo dataset: CAI-N beside CutPaste. A SMOKE CHECK, NOT EVIDENCE")
-    assert out.read_text().splitlines()[0].endswith(" (selection: best; budget: cpu)")
+    assert out.read_text().splitlines()[0].endswith(" (selection: best; budget: cpu; detector: unet)")
 
 
 def test_every_table_config_renders_with_no_runs(tmp_path):
@@ -383,7 +412,7 @@ def test_every_table_config_renders_with_no_runs(tmp_path):
             cfg.table.runs_dir, cfg.table.output = str(tmp_path / "none"), str(tmp_path / f"{path.stem}.md")
         module.make_table(cfg)
         text = (tmp_path / f"{path.stem}.md").read_text()
-        assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a)\n"), path.stem
+        assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a; detector: n/a)\n"), path.stem
         assert _read_csv(tmp_path / f"{path.stem}.csv")[1] == []  # header only: no run dir
 
 

@@ -114,14 +114,38 @@ class DetectorTrainer:
         self.model_factory = model_factory
         self.on_epoch = on_epoch
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.loss_fn = FocalLoss(**cfg.loss)
+        self.loss_fn = self.build_loss(cfg)
         self._warned_skip = False  # the "pixel metrics skipped" warning is logged once per trainer
         if cfg.selection not in ("best", "val", "last"):
             raise ConfigError(f"detector.selection must be 'best', 'val' or 'last', got {cfg.selection!r}.")
 
+    @classmethod
+    def from_config(cls, cfg: DictConfig, run_dir: Path, device: torch.device, seed: int,
+                    on_epoch: Callable[[int, dict], None] | None = None) -> DetectorTrainer:
+        """The trainer of ``detector=<cfg>``: the UNet's model is ``cfg.model`` (a Hydra ``_target_``)."""
+        from hydra.utils import instantiate
+
+        return cls(cfg, lambda: instantiate(cfg.model), run_dir, device, seed, on_epoch=on_epoch)
+
+    def build_loss(self, cfg: DictConfig) -> Callable:
+        """The training loss, called as ``loss_fn(model_output, masks)``: focal loss on the UNet's logits."""
+        return FocalLoss(**cfg.loss)
+
     # -- model ---------------------------------------------------------------------------------
+    def new_model(self) -> torch.nn.Module:
+        """A freshly built model on the device."""
+        return self.model_factory().to(self.device)
+
+    def model_state(self, model: torch.nn.Module) -> dict[str, Any]:
+        """What a checkpoint keeps of the model (all of the UNet; a detector with a frozen backbone keeps
+        only what it learns)."""
+        return model.state_dict()
+
+    def load_model_state(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        model.load_state_dict(state)
+
     def _build(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
-        model = self.model_factory().to(self.device)
+        model = self.new_model()
         if self.cfg.channels_last and self.device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(model.parameters(), lr=self.cfg.lr)
@@ -141,10 +165,19 @@ class DetectorTrainer:
 
     # -- data ----------------------------------------------------------------------------------
     def epoch_plan(self, epoch: int, n_normal: int, n_pseudo: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(is_pseudo, index) for every sample of an epoch, shuffled; depends only on (seed, epoch)."""
+        """(is_pseudo, index) for every sample of an epoch, shuffled; depends only on (seed, epoch).
+
+        ``samples_per_epoch`` draws that many, a fraction ``anomaly_fraction`` of them pseudo anomalies;
+        ``null`` takes every pseudo anomaly and every normal image once (one pass over the training set)."""
+        g = torch_generator(self.seed, epoch)
+        if self.cfg.samples_per_epoch is None:
+            k, total = n_pseudo, n_pseudo + n_normal
+            idx = torch.cat([torch.arange(n_pseudo), torch.arange(n_normal)])
+            kind = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(total - k, dtype=torch.bool)])
+            order = torch.randperm(total, generator=g)
+            return kind[order], idx[order]
         total = int(self.cfg.samples_per_epoch)
         k = round(total * float(self.cfg.anomaly_fraction)) if n_pseudo else 0
-        g = torch_generator(self.seed, epoch)
         idx = torch.cat([torch.randint(n_pseudo, (k,), generator=g),
                          torch.randint(n_normal, (total - k,), generator=g)])
         kind = torch.cat([torch.ones(k, dtype=torch.bool), torch.zeros(total - k, dtype=torch.bool)])
@@ -177,14 +210,20 @@ class DetectorTrainer:
         model.train()
         return torch.cat(out) if out else torch.empty(0)
 
-    def evaluate(self, model: torch.nn.Module, test: EvalSet) -> tuple[dict, torch.Tensor]:
-        maps = self.predict(model, test.images)
-        return self.score(maps, test).metrics, maps
+    def predict_scored(self, model: torch.nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Anomaly maps and the detector's own image scores; None: the image score is the pooled map
+        (:func:`cai.metrics.image_scores`), as for the UNet."""
+        return self.predict(model, images), None
 
-    def score(self, maps: torch.Tensor, test: EvalSet) -> Evaluation:
-        """Metrics, F1-max thresholds and skipped metric families of ``maps`` on ``test``."""
+    def evaluate(self, model: torch.nn.Module, test: EvalSet) -> tuple[dict, torch.Tensor]:
+        maps, scores = self.predict_scored(model, test.images)
+        return self.score(maps, test, scores).metrics, maps
+
+    def score(self, maps: torch.Tensor, test: EvalSet, scores: torch.Tensor | None = None) -> Evaluation:
+        """Metrics, F1-max thresholds and skipped metric families of ``maps`` (and the detector's own image
+        ``scores``, if it has them) on ``test``."""
         metrics = AnomalyMetrics(fpr_limit=float(self.cfg.pro_fpr_limit), image_pool=int(self.cfg.image_score_pool))
-        metrics.update(maps, test.masks, labels=test.labels, has_mask=test.has_mask)
+        metrics.update(maps, test.masks, labels=test.labels, has_mask=test.has_mask, scores=scores)
         evaluation = metrics.evaluate()
         if evaluation.pixel_skipped and not self._warned_skip:
             self._warned_skip = True
@@ -210,7 +249,7 @@ class DetectorTrainer:
         last = self.ckpt_dir / "last.pt"
         if resume and last.is_file():
             ckpt = torch.load(last, map_location=self.device, weights_only=False)
-            model.load_state_dict(ckpt["model"])
+            self.load_model_state(model, ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             sched.load_state_dict(ckpt["scheduler"])
             state = ckpt["state"]
@@ -246,10 +285,10 @@ class DetectorTrainer:
                 score = record[score_key]
                 if self.cfg.selection == "last" or state["best"] is None or score > state["best"][score_key]:
                     state["best"] = dict(record)
-                    save_torch(self.ckpt_dir / "best.pt", {"model": model.state_dict(), "record": record})
+                    save_torch(self.ckpt_dir / "best.pt", {"model": self.model_state(model), "record": record})
             state["history"].append(record)
             state["epoch"] = epoch + 1
-            save_torch(last, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_torch(last, {"model": self.model_state(model), "optimizer": opt.state_dict(),
                               "scheduler": sched.state_dict(), "state": state})
             if self.on_epoch:
                 self.on_epoch(epoch + 1, record)
@@ -277,7 +316,21 @@ class DetectorTrainer:
 
     def load_selected(self) -> torch.nn.Module:
         """The selected (best or last) model from the run dir."""
-        model = self.model_factory().to(self.device)
+        model = self.new_model()
         ckpt = torch.load(self.ckpt_dir / "best.pt", map_location=self.device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
+        self.load_model_state(model, ckpt["model"])
         return model.eval()
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, seed: int,
+                 on_epoch: Callable[[int, dict], None] | None = None) -> DetectorTrainer:
+    """The trainer ``detector=<choice>`` names: ``cfg.trainer`` (a class path, e.g. HeadCLIP's), or the
+    UNet's :class:`DetectorTrainer` when the detector config names none (conf/detector/unet.yaml)."""
+    from hydra.utils import get_class
+
+    target = cfg.get("trainer")
+    cls = get_class(str(target)) if target else DetectorTrainer
+    if not (isinstance(cls, type) and issubclass(cls, DetectorTrainer)):
+        raise ConfigError(f"detector.trainer={target} is not a DetectorTrainer.", where="detector.trainer",
+                          fix="Name a subclass of cai.detect.trainer.DetectorTrainer, or drop the key (the UNet's).")
+    return cls.from_config(cfg, run_dir, device, seed, on_epoch=on_epoch)

@@ -559,6 +559,7 @@ class AnomalyMetrics:
     ``update`` copies each batch to the CPU as float32 maps and bool masks (exact: nothing is quantised);
     ``compute`` ranks all pixels once and returns ``pixel_auroc``, ``pixel_ap``, ``pro`` (up to
     ``fpr_limit``), ``pixel_f1_max``, and ``image_auroc``, ``image_ap``, ``image_f1_max`` (image score:
+    the one given to ``update`` -- a detector with its own image score, e.g. HeadCLIP's joint score --, else
     :func:`image_scores` with ``image_pool``; image label: the one given to ``update``, else the mask has an
     anomalous pixel). :meth:`evaluate` adds the F1-max thresholds and what was skipped: the pixel metrics
     need a ground-truth mask for every anomalous image (``has_mask``), else they are nan and skipped with
@@ -579,13 +580,15 @@ class AnomalyMetrics:
         self._masks: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         self._has_mask: list[np.ndarray] = []
+        self._scores: list[np.ndarray | None] = []
 
     def update(self, anomaly_maps: ArrayLike, masks: ArrayLike, labels: ArrayLike | None = None,
-               has_mask: ArrayLike | None = None) -> None:
+               has_mask: ArrayLike | None = None, scores: ArrayLike | None = None) -> None:
         """Add a batch: maps (B, H, W) or (B, 1, H, W), masks of the same shape, optional image labels
         (B,) (e.g. from the original-size masks, so a defect lost in resizing still counts); default:
         the mask has an anomalous pixel. ``has_mask`` (B,) False marks an image without pixel ground truth
-        (its mask is then ignored; default: every image has one)."""
+        (its mask is then ignored; default: every image has one). Optional image ``scores`` (B,): the
+        detector's own image scores; default: :func:`image_scores` of the maps."""
         maps = _as_maps(anomaly_maps)
         mask = _as_masks(masks, maps.shape)
         if labels is None:
@@ -597,6 +600,13 @@ class AnomalyMetrics:
         self._masks.append(mask.copy())
         self._labels.append(label)
         self._has_mask.append(known)
+        if scores is not None:
+            score = _as_tensor(scores).reshape(-1).cpu().numpy().astype(np.float64)
+            if len(score) != len(mask):
+                raise ValueError(f"{len(score)} image scores for {len(mask)} masks")
+            self._scores.append(score)
+        else:
+            self._scores.append(None)
 
     def compute(self, backend: Backend = "auto") -> dict[str, float]:
         """The seven metrics over everything added since the last reset (``backend`` as in pro_score)."""
@@ -606,7 +616,8 @@ class AnomalyMetrics:
         """The metrics, their F1-max thresholds and the skipped metric families (see the class docstring)."""
         if not self._maps:
             raise ValueError("AnomalyMetrics.compute() called before any update()")
-        img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) for m in self._maps])
+        img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) if s is None else s
+                                     for m, s in zip(self._maps, self._scores, strict=True)])
         img_labels = np.concatenate(self._labels)
         img_ranking = _image_ranking(img_scores, img_labels)
         img_f1 = _f1_max_from_ranking(img_ranking)

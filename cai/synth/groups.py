@@ -28,7 +28,7 @@ def primary_defaults(config_file: Path, groups: tuple[str, ...] = SYNTHESIZER_GR
     out: dict[str, str] = {}
     for entry in raw.get("defaults", []):
         if isinstance(entry, DictConfig):
-            out.update({str(k): str(v) for k, v in entry.items() if k in groups})
+            out.update({str(k): str(v) for k, v in entry.items_ex(resolve=False) if k in groups})
     return out
 
 

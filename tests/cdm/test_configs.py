@@ -33,8 +33,8 @@ def _conf_with_stubs(tmp_path: Path) -> Path:
     for entry in OmegaConf.load(CONF / "config.yaml").defaults:
         if isinstance(entry, str) or len(entry) != 1:
             continue
-        (group, option), = entry.items()
-        if option and not (conf / group / f"{option}.yaml").is_file():
+        (group, option), = entry.items_ex(resolve=False)
+        if option and "${" not in str(option) and not (conf / group / f"{option}.yaml").is_file():
             (conf / group).mkdir(exist_ok=True)
             (conf / group / f"{option}.yaml").write_text("{}\n")
     return conf

@@ -51,6 +51,29 @@ def test_epoch_plan_is_seeded_and_balanced(tmp_path):
     assert not torch.equal(t.epoch_plan(4, 10, 40)[1], idx)
 
 
+def test_epoch_plan_without_samples_per_epoch_is_one_pass(tmp_path):
+    """samples_per_epoch=null (HeadCLIP / AnomalyCLIP's epoch): every pseudo anomaly and normal image once."""
+    t = _trainer(tmp_path, samples_per_epoch=None)
+    kind, idx = t.epoch_plan(2, n_normal=7, n_pseudo=30)
+    assert len(kind) == 37 and int(kind.sum()) == 30
+    assert sorted(idx[kind].tolist()) == list(range(30)) and sorted(idx[~kind].tolist()) == list(range(7))
+    again = t.epoch_plan(2, 7, 30)
+    assert torch.equal(kind, again[0]) and torch.equal(idx, again[1])
+    assert not torch.equal(t.epoch_plan(3, 7, 30)[1], idx)  # reshuffled each epoch
+
+
+def test_make_trainer_picks_the_detectors_trainer(tmp_path):
+    from cai.detect.trainer import make_trainer
+    from cai.errors import ConfigError
+
+    unet = OmegaConf.create({**CFG, "model": {"_target_": "cai.detect.unet.DiscriminativeUNet", "base_width": 4}})
+    trainer = make_trainer(unet, tmp_path, torch.device("cpu"), seed=0)
+    assert type(trainer) is DetectorTrainer and isinstance(trainer.new_model(), DiscriminativeUNet)
+    with pytest.raises(ConfigError, match="not a DetectorTrainer"):
+        make_trainer(OmegaConf.create({**CFG, "trainer": "cai.detect.unet.DiscriminativeUNet"}), tmp_path,
+                     torch.device("cpu"), seed=0)
+
+
 def test_fit_learns_toy_anomalies_and_selects_best(tmp_path):
     torch.manual_seed(0)
     train, test = _toy()
