@@ -438,9 +438,32 @@ def run_identity(run_dir: str | Path) -> dict[str, Any] | None:
     ident = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     if not isinstance(ident, dict):
         return None
-    for key in (*PATH_KEYS, *SWEEP_ONLY_KEYS):
+    for key in (*PATH_KEYS, *SWEEP_ONLY_KEYS, *_follows_path_keys(Path(run_dir))):
         _drop(ident, key)
     return ident
+
+
+def _follows_path_keys(run_dir: Path) -> list[str]:
+    """Dotted keys whose value is built from a key the dir path names (e.g. RealNet's ``synthesizer.params.seed:
+    ${seed}``), read from the unresolved ``.hydra/config.yaml``: they differ between seeds by design."""
+    from cai.runid import PATH_KEYS
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return []
+    raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    marks = tuple("${" + k + "}" for k in PATH_KEYS)
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, str) and any(m in node for m in marks):
+            found.append(prefix[:-1])
+
+    walk(raw, "")
+    return found
 
 
 def _check_one_config(spec: TableSpec, label: str, cell: Cell) -> None:

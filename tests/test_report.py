@@ -446,6 +446,25 @@ def test_runs_of_one_cell_with_different_configs_refuse_to_render(tmp_path):
     assert "detector.epochs: 1 -> 2" in err.value.message and "gravel" in err.value.message
 
 
+def test_values_built_from_the_seed_may_differ_between_seeds(tmp_path):
+    """RealNet's synthesizer.params.seed is ${seed}: its three seeds' runs are one config (make bsdata's table
+    refused to render over them), while a literal value that differs still refuses."""
+    def run(name: str, seed: int, pool_seed: str, resolved_pool_seed: int) -> None:
+        _rec(tmp_path, name, "RealNet", "brick", {"pixel_auroc": 0.8}, seed=seed)
+        body = f"seed: {seed}\ndataset:\n  name: demo\n  category: brick\nsynthesizer:\n  name: realnet\n  params:\n"
+        (tmp_path / name / "resolved_config.yaml").write_text(body + f"    seed: {resolved_pool_seed}\n")
+        (tmp_path / name / ".hydra").mkdir()
+        (tmp_path / name / ".hydra" / "config.yaml").write_text(body + f"    seed: {pool_seed}\n")
+
+    run("s0", 0, "${seed}", 0)
+    run("s1", 1, "${seed}", 1)
+    assert "| RealNet |" in _table(tmp_path, rows=["RealNet"])
+    run("s2", 2, "7", 7)  # a fixed pool seed in one run only: a different config
+    with pytest.raises(ConfigError) as err:
+        _table(tmp_path, rows=["RealNet"])
+    assert "synthesizer.params.seed" in err.value.message
+
+
 def test_a_dotted_metric_reads_label_fidelity_beside_auroc(tmp_path):
     """Tables can show metrics.json's label_fidelity next to AUROC / AP / PRO (issue #17)."""
     _rec(tmp_path, "a", "CAI-N", "brick", {"pixel_auroc": 0.9}, label_fidelity={"under": 0.25, "over": 0.05})
