@@ -68,6 +68,7 @@ class TableSpec:
     detector: str | None = None                   # keep only this detector's runs; None: runs must agree
     paired: dict[str, Any] | None = None          # {candidates: [rows], metrics: [labels]}: paired test
     texture_notes: dict[str, str] = field(default_factory=dict)  # texture_source -> footnote
+    not_run: dict[str, str] = field(default_factory=dict)  # row -> why it is not run here (shown under its X)
 
 
 def _get(record: dict[str, Any], dotted: str) -> Any:
@@ -604,6 +605,9 @@ def _notes(spec: TableSpec, table: _Table) -> list[str]:
     for src in sources:
         out += ["", "Note: " + spec.texture_notes.get(src, f"DRAEM/GLASS used texture source '{src}', "
                                                           "not the full DTD.")]
+    absent = [row for row in spec.not_run if not any(k[0] == row for k in table.cells)]
+    if absent:
+        out += ["", "Not run here: " + "; ".join(f"{row} ({spec.not_run[row]})" for row in absent)]
     return out
 
 

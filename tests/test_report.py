@@ -551,3 +551,10 @@ def test_runs_csv_joins_the_table_source_metrics(tmp_path):
     columns, rows = _read_csv(out)
     assert {"pixel_auroc", "fid.fid", "fid.kid"} <= set(columns)
     assert (float(rows[0]["fid.fid"]), float(rows[0]["pixel_auroc"])) == (12.5, 0.9)
+
+
+def test_rows_not_run_say_why_under_the_table(tmp_path):
+    _rec(tmp_path, "a", "CAI-N", "brick", {"pixel_auroc": 0.9})
+    text = _table(tmp_path, rows=["CAI-N", "CDM-5"], not_run={"CDM-5": "no LDM weights", "CAI-N": "unused"})
+    assert "| CDM-5 | X |" in text
+    assert "Not run here: CDM-5 (no LDM weights)" in text and "CAI-N (unused)" not in text  # CAI-N ran
