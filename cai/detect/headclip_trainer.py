@@ -146,15 +146,9 @@ class HeadCLIPTrainer(DetectorTrainer):
             raise CaiError("No normal images in the auxiliary training set.")
         train.check_pseudo_masks()
         model, opt, sched = self._build()
-        state: dict[str, Any] = {"epoch": 0, "history": []}
         last = directory / "last.pt"
-        if resume and last.is_file():
-            ckpt = torch.load(last, map_location=self.device, weights_only=False)
-            self.load_model_state(model, ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            log.info("Resumed the auxiliary training from %s at epoch %d", last, state["epoch"])
+        state: dict[str, Any] = (self.resume_from(last, model, opt, sched) if resume else None) or {
+            "epoch": 0, "history": []}
         train = train.to(self.device)
         epochs = int(self.cfg.epochs)
         for epoch in range(state["epoch"], epochs):

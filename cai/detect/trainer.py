@@ -245,15 +245,9 @@ class DetectorTrainer:
             raise ConfigError("detector.selection=val needs a validation set (held-out normals and their "
                               "pseudo anomalies).", fix="Pass val= to fit (run_job builds it).")
         model, opt, sched = self._build()
-        state = {"epoch": 0, "best": None, "history": []}
         last = self.ckpt_dir / "last.pt"
-        if resume and last.is_file():
-            ckpt = torch.load(last, map_location=self.device, weights_only=False)
-            self.load_model_state(model, ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            sched.load_state_dict(ckpt["scheduler"])
-            state = ckpt["state"]
-            log.info("Resumed from %s at epoch %d", last, state["epoch"])
+        state = self.resume_from(last, model, opt, sched) if resume else None
+        state = state or {"epoch": 0, "best": None, "history": []}
         train = train.to(self.device)
         forward = torch.compile(model) if self.cfg.compile else model
         epochs, eval_every = int(self.cfg.epochs), int(self.cfg.eval_every)
@@ -313,6 +307,18 @@ class DetectorTrainer:
             opt.step()
             running += loss.detach()
         return float(running) / steps
+
+    def resume_from(self, last: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    sched: Any) -> dict[str, Any] | None:
+        """Load ``last`` (model, optimizer, scheduler) and return its training state; None when absent."""
+        if not last.is_file():
+            return None
+        ckpt = torch.load(last, map_location=self.device, weights_only=False)
+        self.load_model_state(model, ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        log.info("Resumed from %s at epoch %d", last, ckpt["state"]["epoch"])
+        return ckpt["state"]
 
     def load_selected(self) -> torch.nn.Module:
         """The selected (best or last) model from the run dir."""
