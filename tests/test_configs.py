@@ -65,6 +65,10 @@ def test_budgets(tmp_path):
     demo = _compose(["experiment=demo"], tmp_path)
     assert demo.daad.manifest.endswith("cai/data/demo_bank/manifest.csv")
     assert demo.hydra.sweeper.params.synthesizer == "cutpaste,cai_n"
+    # the demo's sizes come from budget=demo, so its table heading names that budget, not "paper"
+    assert (demo.dataset.image_size, demo.detector.model.base_width, demo.detector.epochs,
+            demo.detector.samples_per_epoch) == (128, 16, 6, 160)
+    assert demo.hydra.runtime.choices.budget == "demo"
 
 
 def test_budgets_leave_headclips_training_alone(tmp_path):
