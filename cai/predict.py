@@ -17,7 +17,11 @@ resized (bilinear) back to the image's own size. Written under ``out``:
   the image score reaches the image threshold; ``anomalous_area``: share of pixels at or above the pixel
   threshold);
 * ``unreadable.csv`` (only when some file could not be read: ``image, reason``) and ``predict.json``
-  (run, checkpoint, thresholds used and where they came from, counts).
+  (run, checkpoint, thresholds used and where they came from, counts; written first with ``status:
+  running``, ``finished`` at the end).
+
+An earlier prediction's outputs in ``out`` (a folder holding predict.json) are removed first, so the folder
+only ever holds one prediction's files.
 
 Thresholds: ``threshold`` (both), ``image_threshold`` / ``pixel_threshold`` override; otherwise the run's
 stored ones. A run finished before thresholds were stored has none: prediction stops and says to pass
@@ -310,6 +314,30 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, write, size_hint=array.nbytes)
 
 
+PREDICTION_FILES = ("scores.csv", "unreadable.csv", "predict.json")
+PREDICTION_DIRS = {"maps": ".npy", "overlays": ".png"}  # sub-folder -> suffix of the files written there
+
+
+def clear_previous(out_dir: Path) -> None:
+    """Remove an earlier prediction's outputs from ``out_dir`` (a folder with predict.json, which a prediction
+    writes first), so that none of its maps, overlays or unreadable.csv is taken for this one's (an overlay
+    outlined at another threshold, a file listed as unreadable that this prediction never saw)."""
+    if not (out_dir / "predict.json").is_file():
+        return
+    for sub, suffix in PREDICTION_DIRS.items():
+        folder = out_dir / sub
+        if not folder.is_dir():
+            continue
+        for p in folder.rglob(f"*{suffix}"):
+            if p.is_file():
+                p.unlink()
+        for d in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
+            if not any(d.iterdir()):
+                d.rmdir()
+    for name in PREDICTION_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def _csv(rows: list[list[Any]]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
@@ -334,6 +362,8 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
         raise CaiError("No image files found.", where=images_dir,
                        fix=f"Pass images=<a folder holding {'/'.join(IMAGE_SUFFIXES)} files (sub-folders too)>.")
     names = output_names(files, images_dir)
+    clear_previous(out_dir)
+    write_json(out_dir / "predict.json", {"status": "running", "run": str(run.run_dir), "images": str(images_dir)})
     size, pool = run.size, int(run.cfg.detector.image_score_pool)
     batch = int(run.cfg.detector.eval_batch_size)  # the evaluation's batches: its maps, bit for bit
     results: list[Prediction] = []
@@ -376,7 +406,7 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
     if unreadable:
         write_text(out_dir / "unreadable.csv", _csv([["image", "reason"], *map(list, unreadable)]))
     summary = {
-        "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": str(images_dir),
+        "status": "finished", "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": str(images_dir),
         "image_size": size, "image_score_pool": pool,
         "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "source": thresholds.source},
         "n_images": len(results), "n_anomalous": sum(r.anomalous for r in results),

@@ -186,3 +186,50 @@ def test_not_a_run_dir_and_cli_errors_are_one_clear_message(demo_run, tmp_path):
                           timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "images folder does not exist" in proc.stderr and str(tmp_path / "nowhere") in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- untrained run
+# Behaviour of the predictions folder and the thresholds does not need a trained model: a run dir holding the
+# tiny config, an initialised UNet as best.pt and stored thresholds is enough (no training, seconds).
+
+
+def _untrained_run(tmp_path: Path, thresholds: dict | None = None) -> Path:
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "untrained_run"
+    cfg = compose_config("config", [*TINY, "dataset.image_size=32", f"paths.cache_dir={tmp_path / 'cache'}"], run_dir)
+    ident = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "detector")}
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml({**ident, "seed": 0}))
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(cfg.detector.model).state_dict()}, run_dir / "checkpoints" / "best.pt")
+    (run_dir / "metrics.json").write_text(json.dumps({"thresholds": thresholds or {"image": 0.5, "pixel": 0.5}}))
+    (run_dir / "done").write_text("ok\n")
+    return run_dir
+
+
+def _images(folder: Path, names: list[str], size: tuple[int, int] = (24, 40)) -> Path:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return folder
+
+
+def test_a_second_prediction_into_the_same_folder_leaves_no_stale_outputs(tmp_path):
+    """Predicting another folder (or at another threshold) into an ``out`` that holds an earlier prediction used
+    to keep the earlier maps, overlays and unreadable.csv beside the new scores.csv: overlays outlined at the old
+    threshold and files listed as unreadable that this prediction never saw."""
+    run_dir = _untrained_run(tmp_path)
+    first = _images(tmp_path / "first", ["a.png", "sub/b.png"])
+    (first / "broken.png").write_bytes(b"not an image")
+    second = _images(tmp_path / "second", ["c.png"])
+    _predict(tmp_path, run_dir, first)
+    out = tmp_path / "out"
+    assert (out / "unreadable.csv").is_file() and (out / "maps" / "sub" / "b.npy").is_file()
+    summary = _predict(tmp_path, run_dir, second, "threshold=0.9")
+    assert [r["image"] for r in _scores(out)] == ["c.png"] and summary["unreadable"] == []
+    assert not (out / "unreadable.csv").exists()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+        "maps/c.npy", "overlays/c.png", "predict.json", "scores.csv"]
