@@ -211,12 +211,30 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     return out
 
 
+def _threshold_value(value: Any, key: str) -> float:
+    """A threshold given on the command line as a number (NaN would label every image normal: every
+    comparison with it is false)."""
+    number = None if isinstance(value, bool) else value
+    try:
+        number = float(number)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number):
+        raise ConfigError(f"{key}={value!r} is not a number.", where=key,
+                          fix=f"Pass {key}=<value in [0, 1]> (map values and image scores are in [0, 1]).")
+    return number
+
+
 def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> Thresholds:
     """The thresholds ``cfg`` asks for: overrides first, then the run's stored (or recomputed) ones."""
     override = {"image": cfg.get("image_threshold"), "pixel": cfg.get("pixel_threshold")}
     for kind in override:
         if override[kind] is None and cfg.get("threshold") is not None:
             override[kind] = cfg.threshold
+    for kind, value in override.items():
+        if value is not None:
+            override[kind] = _threshold_value(value, f"{kind}_threshold" if cfg.get(f"{kind}_threshold") is not None
+                                              else "threshold")
     source = {k: "override" for k, v in override.items() if v is not None}
     if len(source) == 2:
         return Thresholds(float(override["image"]), float(override["pixel"]), source)

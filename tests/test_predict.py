@@ -233,3 +233,15 @@ def test_a_second_prediction_into_the_same_folder_leaves_no_stale_outputs(tmp_pa
     assert not (out / "unreadable.csv").exists()
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "maps/c.npy", "overlays/c.png", "predict.json", "scores.csv"]
+
+
+@pytest.mark.parametrize("override", ["threshold=nan", "image_threshold=nan", "pixel_threshold=.nan",
+                                      "threshold=abc", "image_threshold=true"])
+def test_a_threshold_that_is_not_a_number_is_refused(override, tmp_path):
+    """threshold=nan used to label every image normal and outline nothing (every comparison with NaN is false),
+    and threshold=abc ended in a traceback."""
+    run_dir = _untrained_run(tmp_path)
+    images = _images(tmp_path / "images", ["a.png"])
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        _predict(tmp_path, run_dir, images, override)
+    assert not (tmp_path / "out").exists()
