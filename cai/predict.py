@@ -18,10 +18,10 @@ resized (bilinear) back to the image's own size. Written under ``out``:
   threshold);
 * ``unreadable.csv`` (only when some file could not be read: ``image, reason``) and ``predict.json``
   (run, checkpoint, thresholds used and where they came from, counts; written first with ``status:
-  running``, ``finished`` at the end).
+  running``, ``finished`` at the end; ``outputs``: the maps and overlays written).
 
-An earlier prediction's outputs in ``out`` (a folder holding predict.json) are removed first, so the folder
-only ever holds one prediction's files.
+An earlier prediction's outputs in ``out`` (those its predict.json lists) are removed first, so the folder
+never mixes two predictions' files; nothing else there is touched.
 
 Thresholds: ``threshold`` (both), ``image_threshold`` / ``pixel_threshold`` override; otherwise the run's
 stored ones. A run finished before thresholds were stored has none: prediction stops and says to pass
@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 THRESHOLDS_FILE = "thresholds.json"  # recomputed thresholds of a run finished before evaluation stored them
 DEFAULT_CHECKPOINT = Path("checkpoints") / "best.pt"
+PREDICTION_FILES = ("scores.csv", "unreadable.csv", "predict.json")  # written into the output dir
+PREDICTION_DIRS = {"maps": ".npy", "overlays": ".png"}  # its sub-folders -> suffix of the files written there
 
 
 @dataclass
@@ -332,26 +334,27 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, write, size_hint=array.nbytes)
 
 
-PREDICTION_FILES = ("scores.csv", "unreadable.csv", "predict.json")
-PREDICTION_DIRS = {"maps": ".npy", "overlays": ".png"}  # sub-folder -> suffix of the files written there
+def previous_outputs(out_dir: Path) -> list[Path]:
+    """The maps and overlays an earlier prediction into ``out_dir`` wrote (predict.json's ``outputs``)."""
+    try:
+        listed = json.loads((out_dir / "predict.json").read_text()).get("outputs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    root = out_dir.resolve()
+    return [p for p in (out_dir / str(o) for o in listed) if p.resolve().is_relative_to(root)]
 
 
 def clear_previous(out_dir: Path) -> None:
-    """Remove an earlier prediction's outputs from ``out_dir`` (a folder with predict.json, which a prediction
-    writes first), so that none of its maps, overlays or unreadable.csv is taken for this one's (an overlay
-    outlined at another threshold, a file listed as unreadable that this prediction never saw)."""
-    if not (out_dir / "predict.json").is_file():
-        return
-    for sub, suffix in PREDICTION_DIRS.items():
-        folder = out_dir / sub
-        if not folder.is_dir():
-            continue
-        for p in folder.rglob(f"*{suffix}"):
-            if p.is_file():
-                p.unlink()
-        for d in sorted((d for d in folder.rglob("*") if d.is_dir()), key=lambda d: len(d.parts), reverse=True):
-            if not any(d.iterdir()):
-                d.rmdir()
+    """Remove an earlier prediction's outputs from ``out_dir`` -- the maps and overlays its predict.json lists
+    (written first, so a prediction that stopped half-way is cleared too) and its csv/json files -- so that
+    none of them is taken for this one's (an overlay outlined at another threshold, a file listed as
+    unreadable that this prediction never saw). Nothing else in ``out_dir`` is touched."""
+    for p in previous_outputs(out_dir):
+        p.unlink(missing_ok=True)
+        for parent in p.parents:  # sub-folders it leaves empty, up to maps/ or overlays/
+            if parent == out_dir or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
     for name in PREDICTION_FILES:
         (out_dir / name).unlink(missing_ok=True)
 
@@ -381,7 +384,10 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
                        fix=f"Pass images=<a folder holding {'/'.join(IMAGE_SUFFIXES)} files (sub-folders too)>.")
     names = output_names(files, images_dir)
     clear_previous(out_dir)
-    write_json(out_dir / "predict.json", {"status": "running", "run": str(run.run_dir), "images": str(images_dir)})
+    outputs = sorted(f"{sub}/{name.as_posix()}{suffix}" for name in names.values()
+                     for sub, suffix in PREDICTION_DIRS.items())
+    write_json(out_dir / "predict.json", {"status": "running", "run": str(run.run_dir), "images": str(images_dir),
+                                          "outputs": outputs})
     size, pool = run.size, int(run.cfg.detector.image_score_pool)
     batch = int(run.cfg.detector.eval_batch_size)  # the evaluation's batches: its maps, bit for bit
     results: list[Prediction] = []
@@ -429,6 +435,7 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
         "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "source": thresholds.source},
         "n_images": len(results), "n_anomalous": sum(r.anomalous for r in results),
         "unreadable": [{"image": i, "reason": r} for i, r in unreadable],
+        "outputs": [o for o in outputs if (out_dir / o).is_file()],  # maps/ and overlays/ files (relative)
     }
     write_json(out_dir / "predict.json", summary)
     skipped = f"; {len(unreadable)} unreadable file(s) skipped, listed in {out_dir / 'unreadable.csv'}"

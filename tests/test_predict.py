@@ -245,3 +245,16 @@ def test_a_threshold_that_is_not_a_number_is_refused(override, tmp_path):
     with pytest.raises(ConfigError, match=override.split("=")[0]):
         _predict(tmp_path, run_dir, images, override)
     assert not (tmp_path / "out").exists()
+
+
+def test_clearing_an_earlier_prediction_removes_only_the_files_it_wrote(tmp_path):
+    """A file the user keeps under out/overlays or out/maps (not written by a prediction) survives the next one."""
+    run_dir = _untrained_run(tmp_path)
+    out = tmp_path / "out"
+    _predict(tmp_path, run_dir, _images(tmp_path / "first", ["a.png"]))
+    mine = _images(out / "overlays", ["mine.png"]) / "mine.png"
+    np.save(out / "maps" / "mine.npy", np.zeros(3))
+    _predict(tmp_path, run_dir, _images(tmp_path / "second", ["c.png"]))
+    assert mine.is_file() and (out / "maps" / "mine.npy").is_file()
+    assert not (out / "maps" / "a.npy").exists() and not (out / "overlays" / "a.png").exists()
+    assert json.loads((out / "predict.json").read_text())["outputs"] == ["maps/c.npy", "overlays/c.png"]
