@@ -271,19 +271,29 @@ def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> 
 
 def find_images(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
     """Image files under ``folder`` (sub-folders too, hidden ones skipped; a single file is itself), sorted,
-    and the other files found there (reported, not read). ``exclude`` (the output dir) is left out."""
+    and the other files found there (reported, not read). What a prediction into ``exclude`` (the output dir)
+    writes is left out: all of it when it lies inside ``folder``, else the files an earlier prediction wrote
+    there and its csv/json (so ``out`` may also be ``folder`` itself or a folder above it)."""
     folder = Path(folder).expanduser()
     if folder.is_file():
         return [folder], []
     if not folder.is_dir():
         raise CaiError("The images folder does not exist.", where=folder,
                        fix="Pass images=<folder of images or one image>.")
+    inside: Path | None = None  # an output dir inside the images folder: left out as a whole
+    written: set[Path] = set()  # else what a prediction wrote into it
+    if exclude is not None:
+        out = Path(exclude).expanduser().resolve()
+        if out != folder.resolve() and out.is_relative_to(folder.resolve()):
+            inside = out
+        else:
+            written = {p.resolve() for p in previous_outputs(out)} | {out / f for f in PREDICTION_FILES}
     images, others = [], []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file():
             continue
-        if exclude is not None and p.resolve().is_relative_to(exclude.resolve()):
+        if (inside is not None and p.resolve().is_relative_to(inside)) or p.resolve() in written:
             continue
         (images if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
     return images, others

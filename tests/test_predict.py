@@ -258,3 +258,21 @@ def test_clearing_an_earlier_prediction_removes_only_the_files_it_wrote(tmp_path
     assert mine.is_file() and (out / "maps" / "mine.npy").is_file()
     assert not (out / "maps" / "a.npy").exists() and not (out / "overlays" / "a.png").exists()
     assert json.loads((out / "predict.json").read_text())["outputs"] == ["maps/c.npy", "overlays/c.png"]
+
+
+def test_an_output_folder_holding_the_images_folder_still_finds_the_images(tmp_path):
+    """out=<a parent of images> (make predict IMAGES=data/new OUT=data) or out=images used to exclude every image
+    ("No image files found"); only what a prediction wrote there is left out, so predicting again into the same
+    folder does not predict its own overlays."""
+    from cai.predict import Thresholds, load_run, predict_folder
+
+    run = load_run(_untrained_run(tmp_path))
+    parent = tmp_path / "data"
+    photos = _images(parent / "photos", ["a.png", "b.png"])
+    summary = predict_folder(run, photos, parent, Thresholds(0.5, 0.5))
+    assert summary["n_images"] == 2 and (parent / "maps" / "a.npy").is_file()
+    for _ in range(2):  # into the images folder itself, twice: its overlays are outputs, not inputs
+        summary = predict_folder(run, photos, photos, Thresholds(0.5, 0.5))
+        assert summary["n_images"] == 2 and [r["image"] for r in _scores(photos)] == ["a.png", "b.png"]
+    assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.png", "maps", "overlays", "predict.json",
+                                                        "scores.csv"]
