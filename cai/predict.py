@@ -21,7 +21,8 @@ resized (bilinear) back to the image's own size. Written under ``out``:
   running``, ``finished`` at the end; ``outputs``: the maps and overlays written).
 
 An earlier prediction's outputs in ``out`` (those its predict.json lists) are removed first, so the folder
-never mixes two predictions' files; nothing else there is touched.
+never mixes two predictions' files (one started while another writes there waits for it); nothing else
+there is touched.
 
 Thresholds: ``threshold`` (both), ``image_threshold`` / ``pixel_threshold`` override; otherwise the run's
 stored ones. A run finished before thresholds were stored has none: prediction stops and says to pass
@@ -52,7 +53,7 @@ from cai.detect.trainer import DetectorTrainer, EvalSet, resolve_device
 from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
 from cai.io import IMAGE_SUFFIXES, _atomic_write, read_image, resize_image, write_json, write_png, write_text
 from cai.metrics import image_scores
-from cai.runid import RESOLVED_CONFIG
+from cai.runid import RESOLVED_CONFIG, RunDirLock
 from cai.viz import heat
 
 log = logging.getLogger(__name__)
@@ -381,10 +382,19 @@ def _csv(rows: list[list[Any]]) -> str:
 def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, thresholds: Thresholds,
                    alpha: float = 0.5) -> dict[str, Any]:
     """Predict every image under ``images_dir`` into ``out_dir`` (see the module docstring); unreadable
-    files are reported (log, ``unreadable.csv``, ``predict.json``) and the rest processed."""
+    files are reported (log, ``unreadable.csv``, ``predict.json``) and the rest processed. A second
+    prediction into the same ``out_dir`` waits for the first (``<out>/.lock``), so their files never mix."""
+    images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
+    if not images_dir.exists():
+        find_images(images_dir)  # its error, before the output dir is made
+    with RunDirLock(out_dir, "predictions folder"):
+        return _predict_folder(run, images_dir, out_dir, thresholds, alpha)
+
+
+def _predict_folder(run: RunModel, images_dir: Path, out_dir: Path, thresholds: Thresholds,
+                    alpha: float) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
-    images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
     files, others = find_images(images_dir, exclude=out_dir)
     if others:
         log.info("Ignored %d file(s) without an image suffix (%s), e.g. %s", len(others), "/".join(IMAGE_SUFFIXES),

@@ -231,7 +231,7 @@ def test_a_second_prediction_into_the_same_folder_leaves_no_stale_outputs(tmp_pa
     summary = _predict(tmp_path, run_dir, second, "threshold=0.9")
     assert [r["image"] for r in _scores(out)] == ["c.png"] and summary["unreadable"] == []
     assert not (out / "unreadable.csv").exists()
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("[!.]*") if p.is_file()) == [
         "maps/c.npy", "overlays/c.png", "predict.json", "scores.csv"]
 
 
@@ -274,5 +274,33 @@ def test_an_output_folder_holding_the_images_folder_still_finds_the_images(tmp_p
     for _ in range(2):  # into the images folder itself, twice: its overlays are outputs, not inputs
         summary = predict_folder(run, photos, photos, Thresholds(0.5, 0.5))
         assert summary["n_images"] == 2 and [r["image"] for r in _scores(photos)] == ["a.png", "b.png"]
-    assert sorted(p.name for p in photos.iterdir()) == ["a.png", "b.png", "maps", "overlays", "predict.json",
+    assert sorted(p.name for p in photos.iterdir() if not p.name.startswith(".")) == ["a.png", "b.png", "maps", "overlays", "predict.json",
                                                         "scores.csv"]
+
+
+def test_two_predictions_into_one_folder_run_one_after_the_other(tmp_path, caplog):
+    """Two predictions into the same out at once used to interleave their maps, overlays and scores.csv; the second
+    now waits for the first (the folder's lock, as for run dirs) and then replaces its outputs."""
+    import logging
+    import threading
+    import time
+
+    from cai.predict import Thresholds, load_run, predict_folder
+    from cai.runid import RunDirLock
+
+    run = load_run(_untrained_run(tmp_path))
+    out = tmp_path / "out"
+    images = _images(tmp_path / "images", ["a.png"])
+    holder = RunDirLock(out, "predictions folder", poll_s=0.05)
+    holder.acquire()  # another prediction into out, still running
+    worker = threading.Thread(target=predict_folder, args=(run, images, out, Thresholds(0.5, 0.5)))
+    with caplog.at_level(logging.WARNING, logger="cai.runid"):
+        worker.start()
+        deadline = time.monotonic() + 120
+        while worker.is_alive() and "Waiting for the predictions folder" not in caplog.text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert worker.is_alive() and not (out / "scores.csv").exists() and not (out / "maps").exists()
+        holder.release()
+        worker.join(timeout=120)
+    assert not worker.is_alive() and [r["image"] for r in _scores(out)] == ["a.png"]
