@@ -249,6 +249,9 @@ def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> 
     if found is None or found.get("image") is None:
         why = ("it was evaluated before thresholds were stored" if run.own_checkpoint
                else f"its stored thresholds describe {DEFAULT_CHECKPOINT}, not {run.checkpoint.name}")
+        if not (run.run_dir / "done").is_file() and not (run.run_dir / "metrics.json").is_file():
+            failed = " (failed.txt says why it failed)" if (run.run_dir / "failed.txt").is_file() else ""
+            why = f"the run has not finished, so it has not been evaluated{failed}"
         raise ConfigError(
             f"The run has no F1-max thresholds for this checkpoint: {why}.", where=run.run_dir,
             fix="Pass recompute_thresholds=true (re-evaluates the checkpoint on the run's test set, which must be "

@@ -304,3 +304,16 @@ def test_two_predictions_into_one_folder_run_one_after_the_other(tmp_path, caplo
         holder.release()
         worker.join(timeout=120)
     assert not worker.is_alive() and [r["image"] for r in _scores(out)] == ["a.png"]
+
+
+def test_an_unfinished_run_is_not_said_to_be_from_before_thresholds(tmp_path):
+    """A failed or still-running run (no done, no metrics.json) was said to be 'evaluated before thresholds were
+    stored'; it has simply not been evaluated yet."""
+    run_dir = _untrained_run(tmp_path)
+    (run_dir / "done").unlink()
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "failed.txt").write_text("Traceback ...\nRuntimeError: boom\n")
+    with pytest.raises(ConfigError) as err:
+        _predict(tmp_path, run_dir, _images(tmp_path / "images", ["a.png"]))
+    assert "has not finished" in err.value.message and "failed.txt" in err.value.message
+    assert "before thresholds were stored" not in err.value.message
