@@ -180,6 +180,9 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     from cai.track import manifest_digest
 
     cfg = OmegaConf.create(_with_paths(OmegaConf.to_container(run.cfg, resolve=False), paths))
+    reader = cfg.dataset.reader
+    if not reader.get("categories"):  # resolved_config.yaml leaves out the (sweep's) category list
+        reader.categories = list(dict.fromkeys([str(cfg.dataset.category), *map(str, reader.get("textures") or [])]))
     data = load_category(cfg)
     info = run.run_dir / "run_info.json"
     if info.is_file():

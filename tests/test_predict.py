@@ -193,18 +193,23 @@ def test_not_a_run_dir_and_cli_errors_are_one_clear_message(demo_run, tmp_path):
 # tiny config, an initialised UNet as best.pt and stored thresholds is enough (no training, seconds).
 
 
-def _untrained_run(tmp_path: Path, thresholds: dict | None = None) -> Path:
+def _untrained_run(tmp_path: Path, thresholds: dict | None = None, overrides: list[str] | None = None,
+                   stored: bool = True) -> Path:
+    """``overrides`` replace TINY; ``stored=False``: a metrics.json from before thresholds were stored."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from cai.runid import identity_config
+
     run_dir = tmp_path / "untrained_run"
-    cfg = compose_config("config", [*TINY, "dataset.image_size=32", f"paths.cache_dir={tmp_path / 'cache'}"], run_dir)
-    ident = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("dataset", "detector")}
+    base = overrides if overrides is not None else [*TINY, "dataset.image_size=32"]
+    cfg = compose_config("config", [*base, f"paths.cache_dir={tmp_path / 'cache'}"], run_dir)
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml({**ident, "seed": 0}))
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(identity_config(cfg)))  # as run_job writes it
     torch.manual_seed(0)
     torch.save({"model": instantiate(cfg.detector.model).state_dict()}, run_dir / "checkpoints" / "best.pt")
-    (run_dir / "metrics.json").write_text(json.dumps({"thresholds": thresholds or {"image": 0.5, "pixel": 0.5}}))
+    metrics = {"thresholds": thresholds or {"image": 0.5, "pixel": 0.5}} if stored else {}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "done").write_text("ok\n")
     return run_dir
 
@@ -317,3 +322,33 @@ def test_an_unfinished_run_is_not_said_to_be_from_before_thresholds(tmp_path):
         _predict(tmp_path, run_dir, _images(tmp_path / "images", ["a.png"]))
     assert "has not finished" in err.value.message and "failed.txt" in err.value.message
     assert "before thresholds were stored" not in err.value.message
+
+
+@pytest.mark.parametrize("dataset", ["mpdd", "btad"])
+def test_recompute_thresholds_reads_a_dataset_with_configured_categories(dataset, tmp_path):
+    """resolved_config.yaml leaves out dataset.categories (a sweep's list, not the run's identity), so
+    recompute_thresholds=true stopped with "Unknown mpdd category 'tubes' ... Choose one of: (none configured)"
+    for every run of MVTec-AD, MPDD, BTAD, VisA or KSDD2 (the demo and folder readers find their categories)."""
+    from cai.predict import run_predict
+
+    category, normal, defect, suffix = ("tubes", "good", "anomalous", "_mask") if dataset == "mpdd" else (
+        "03", "ok", "ko", "")
+    cat = tmp_path / "data" / dataset / category
+    _images(cat / "train" / normal, ["000.png", "001.png"], size=(32, 32))
+    _images(cat / "test" / normal, ["000.png"], size=(32, 32))
+    _images(cat / "test" / defect, ["000.png", "001.png"], size=(32, 32))
+    for stem in ("000", "001"):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 8:20] = 255
+        (cat / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(cat / "ground_truth" / defect / f"{stem}{suffix}.png"), mask)
+    data = f"paths.data_dir={tmp_path / 'data'}"
+    run_dir = _untrained_run(tmp_path, stored=False, overrides=[
+        "logger=none", "foreground=otsu", f"dataset={dataset}", f"dataset.category='{category}'",
+        "dataset.image_size=32", "detector.model.base_width=4", "detector.eval_batch_size=4", data])
+    overrides = [f"run={run_dir}", f"images={cat / 'test'}", f"out={tmp_path / 'out'}", "recompute_thresholds=true",
+                 data]
+    summary = run_predict(compose_config("predict", overrides, tmp_path))
+    saved = json.loads((run_dir / "thresholds.json").read_text())
+    assert summary["thresholds"]["source"] == {"image": "recomputed", "pixel": "recomputed"}
+    assert saved["image"] is not None and saved["pixel"] is not None and summary["n_images"] == 3
