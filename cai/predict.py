@@ -58,6 +58,9 @@ from cai.viz import heat
 
 log = logging.getLogger(__name__)
 
+DIFFERS_WHY = ("the test images or masks were changed in place (the test-set check covers file names and sizes "
+               "only), or another device or library version evaluates the model differently. The thresholds are "
+               "those of the model on the test set as it is read here; pass threshold=<value> to use others.")
 THRESHOLDS_FILE = "thresholds.json"  # recomputed thresholds of a run finished before evaluation stored them
 DEFAULT_CHECKPOINT = Path("checkpoints") / "best.pt"
 PREDICTION_FILES = ("scores.csv", "unreadable.csv", "predict.json")  # written into the output dir
@@ -165,6 +168,9 @@ def stored_thresholds(run: RunModel) -> dict[str, Any] | None:
     recomputed = run.run_dir / THRESHOLDS_FILE
     if recomputed.is_file():
         found = json.loads(recomputed.read_text())
+        if found.get("matches_metrics_json") is False:
+            log.warning("%s was recomputed with test metrics that differ from metrics.json (%s): %s",
+                        recomputed, found.get("differs", "see its metrics"), DIFFERS_WHY)
         return {"image": found.get("image"), "pixel": found.get("pixel"), "source": THRESHOLDS_FILE}
     return None
 
@@ -205,9 +211,10 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     differs = {k: (v, evaluation.metrics[k]) for k, v in reported.items() if v is not None
                and k in evaluation.metrics and not math.isclose(v, evaluation.metrics[k], abs_tol=1e-9)}
     out["matches_metrics_json"] = not differs if reported else None
+    if differs:
+        out["differs"] = {k: list(v) for k, v in differs.items()}  # metrics.json's value, the recomputed one
     if differs and run.own_checkpoint:
-        log.warning("The recomputed test metrics differ from metrics.json (%s): another device or library version? "
-                    "The thresholds are those of the model as it evaluates here.", differs)
+        log.warning("The recomputed test metrics differ from metrics.json (%s): %s", differs, DIFFERS_WHY)
     if run.own_checkpoint:
         try:
             write_json(run.run_dir / THRESHOLDS_FILE, out)

@@ -324,13 +324,9 @@ def test_an_unfinished_run_is_not_said_to_be_from_before_thresholds(tmp_path):
     assert "before thresholds were stored" not in err.value.message
 
 
-@pytest.mark.parametrize("dataset", ["mpdd", "btad"])
-def test_recompute_thresholds_reads_a_dataset_with_configured_categories(dataset, tmp_path):
-    """resolved_config.yaml leaves out dataset.categories (a sweep's list, not the run's identity), so
-    recompute_thresholds=true stopped with "Unknown mpdd category 'tubes' ... Choose one of: (none configured)"
-    for every run of MVTec-AD, MPDD, BTAD, VisA or KSDD2 (the demo and folder readers find their categories)."""
-    from cai.predict import run_predict
-
+def _dataset_run(tmp_path: Path, dataset: str) -> tuple[Path, Path, str]:
+    """A tiny MPDD (``tubes``) or BTAD (``03``) tree under tmp_path/data, an untrained run of it whose metrics.json
+    predates thresholds, its test folder and the paths.data_dir override."""
     category, normal, defect, suffix = ("tubes", "good", "anomalous", "_mask") if dataset == "mpdd" else (
         "03", "ok", "ko", "")
     cat = tmp_path / "data" / dataset / category
@@ -346,9 +342,41 @@ def test_recompute_thresholds_reads_a_dataset_with_configured_categories(dataset
     run_dir = _untrained_run(tmp_path, stored=False, overrides=[
         "logger=none", "foreground=otsu", f"dataset={dataset}", f"dataset.category='{category}'",
         "dataset.image_size=32", "detector.model.base_width=4", "detector.eval_batch_size=4", data])
-    overrides = [f"run={run_dir}", f"images={cat / 'test'}", f"out={tmp_path / 'out'}", "recompute_thresholds=true",
+    return run_dir, cat / "test", data
+
+
+@pytest.mark.parametrize("dataset", ["mpdd", "btad"])
+def test_recompute_thresholds_reads_a_dataset_with_configured_categories(dataset, tmp_path):
+    """resolved_config.yaml leaves out dataset.categories (a sweep's list, not the run's identity), so
+    recompute_thresholds=true stopped with "Unknown mpdd category 'tubes' ... Choose one of: (none configured)"
+    for every run of MVTec-AD, MPDD, BTAD, VisA or KSDD2 (the demo and folder readers find their categories)."""
+    from cai.predict import run_predict
+
+    run_dir, test_dir, data = _dataset_run(tmp_path, dataset)
+    overrides = [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'out'}", "recompute_thresholds=true",
                  data]
     summary = run_predict(compose_config("predict", overrides, tmp_path))
     saved = json.loads((run_dir / "thresholds.json").read_text())
     assert summary["thresholds"]["source"] == {"image": "recomputed", "pixel": "recomputed"}
     assert saved["image"] is not None and saved["pixel"] is not None and summary["n_images"] == 3
+
+
+def test_thresholds_recomputed_on_a_changed_test_set_are_not_reused_silently(tmp_path, caplog):
+    """The test-set check covers file names and sizes only: images or masks rewritten in place (same size, e.g.
+    BMP) pass it. Their recomputed metrics then differ from metrics.json; the warning blamed only the device, and
+    later predictions reused the stored thresholds.json without a word."""
+    import logging
+
+    from cai.predict import run_predict
+
+    run_dir, test_dir, data = _dataset_run(tmp_path, "mpdd")
+    (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"pixel_auroc": 0.123, "image_auroc": 0.5}}))
+    overrides = [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'out'}", data]
+    with caplog.at_level(logging.WARNING, logger="cai.predict"):
+        run_predict(compose_config("predict", [*overrides, "recompute_thresholds=true"], tmp_path))
+        assert "differ from metrics.json" in caplog.text and "changed" in caplog.text
+        assert json.loads((run_dir / "thresholds.json").read_text())["matches_metrics_json"] is False
+        caplog.clear()
+        summary = run_predict(compose_config("predict", overrides, tmp_path))
+    assert summary["thresholds"]["source"]["image"] == "thresholds.json"
+    assert "differ from metrics.json" in caplog.text
