@@ -38,6 +38,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,7 +304,7 @@ def find_images(folder: Path, exclude: Path | None = None) -> tuple[list[Path], 
         else:
             written = {p.resolve() for p in previous_outputs(out)} | {out / f for f in PREDICTION_FILES}
     images, others = [], []
-    for p in sorted(folder.rglob("*")):
+    for p in _walk(folder):
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file():
             continue
@@ -311,6 +312,21 @@ def find_images(folder: Path, exclude: Path | None = None) -> tuple[list[Path], 
             continue
         (images if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
     return images, others
+
+
+def _walk(folder: Path) -> list[Path]:
+    """Every path under ``folder``, sorted, entering symlinked sub-folders (``Path.rglob`` does not) once per
+    real folder, so a link back up does not recurse for ever (real folders before links to them)."""
+    out, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(root, d)), d))
+        out += [Path(root) / f for f in files]
+    return sorted(out)
 
 
 def output_names(images: list[Path], root: Path) -> dict[Path, Path]:

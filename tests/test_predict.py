@@ -380,3 +380,15 @@ def test_thresholds_recomputed_on_a_changed_test_set_are_not_reused_silently(tmp
         summary = run_predict(compose_config("predict", overrides, tmp_path))
     assert summary["thresholds"]["source"]["image"] == "thresholds.json"
     assert "differ from metrics.json" in caplog.text
+
+
+def test_images_in_a_symlinked_sub_folder_are_found_and_a_link_loop_ends(tmp_path):
+    """Path.rglob does not enter symlinked folders: their images were silently left out of the prediction."""
+    from cai.predict import find_images
+
+    elsewhere = _images(tmp_path / "elsewhere", ["x.png", "deep/y.png"])
+    folder = _images(tmp_path / "images", ["a.png"])
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)  # a link back up must not recurse for ever
+    images, _ = find_images(folder)
+    assert [p.relative_to(folder).as_posix() for p in images] == ["a.png", "linked/deep/y.png", "linked/x.png"]
