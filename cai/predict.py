@@ -330,13 +330,18 @@ def _walk(folder: Path) -> list[Path]:
 
 
 def output_names(images: list[Path], root: Path) -> dict[Path, Path]:
-    """Relative output stem per image: its relative path without suffix, or with it when two images of one
-    folder share a stem (``a.png`` and ``a.jpg``)."""
+    """Relative output stem per image: its relative path without suffix, or with it when that name would be
+    another image's too (``a.png`` and ``a.jpg``; ``a.png`` beside ``a.jpg`` and ``a.png.bmp``)."""
     rel = {p: (p.relative_to(root) if p != root else Path(p.name)) for p in images}
-    stems: dict[Path, int] = {}
-    for r in rel.values():
-        stems[r.with_suffix("")] = stems.get(r.with_suffix(""), 0) + 1
-    return {p: r.with_suffix("") if stems[r.with_suffix("")] == 1 else r for p, r in rel.items()}
+    names = {p: r.with_suffix("") for p, r in rel.items()}
+    while True:  # an image that keeps its suffix may take another's name: repeat until all differ
+        counts: dict[Path, int] = {}
+        for n in names.values():
+            counts[n] = counts.get(n, 0) + 1
+        clash = [p for p, n in names.items() if counts[n] > 1 and n != rel[p]]
+        if not clash:
+            return names
+        names.update({p: rel[p] for p in clash})
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, pixel_threshold: float, header: str, alpha: float = 0.5,

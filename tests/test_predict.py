@@ -392,3 +392,15 @@ def test_images_in_a_symlinked_sub_folder_are_found_and_a_link_loop_ends(tmp_pat
     (folder / "loop").symlink_to(folder, target_is_directory=True)  # a link back up must not recurse for ever
     images, _ = find_images(folder)
     assert [p.relative_to(folder).as_posix() for p in images] == ["a.png", "linked/deep/y.png", "linked/x.png"]
+
+
+def test_output_names_never_collide():
+    """x.png and x.jpg keep their suffixes; x.png.bmp's name without suffix was then x.png as well, so one map and
+    one overlay overwrote the other without a word."""
+    from cai.predict import output_names
+
+    root = Path("/images")
+    files = [root / n for n in ("x.png", "x.jpg", "x.png.bmp", "y.png", "sub/y.png")]
+    names = output_names(files, root)
+    assert len(set(names.values())) == len(files)
+    assert names[root / "y.png"] == Path("y") and names[root / "sub/y.png"] == Path("sub/y")
