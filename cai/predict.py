@@ -52,7 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cai.detect.trainer import DetectorTrainer, EvalSet, resolve_device
 from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
-from cai.io import IMAGE_SUFFIXES, _atomic_write, read_image, resize_image, write_json, write_png, write_text
+from cai.io import IMAGE_SUFFIXES, _atomic_write, check_writable, read_image, resize_image, write_json, write_png, write_text
 from cai.metrics import image_scores
 from cai.runid import RESOLVED_CONFIG, RunDirLock
 from cai.viz import heat
@@ -421,6 +421,7 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
     images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
     if not images_dir.exists():
         find_images(images_dir)  # its error, before the output dir is made
+    check_writable(out_dir, "output folder")  # one clear error, before the lock file is made there
     with RunDirLock(out_dir, "predictions folder"):
         return _predict_folder(run, images_dir, out_dir, thresholds, alpha)
 

@@ -404,3 +404,26 @@ def test_output_names_never_collide():
     names = output_names(files, root)
     assert len(set(names.values())) == len(files)
     assert names[root / "y.png"] == Path("y") and names[root / "sub/y.png"] == Path("sub/y")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    """The predictions folder's lock is made after the writability check, so an unwritable out stays one
+    StorageError (not a PermissionError traceback from the lock's mkdir)."""
+    import errno
+    import os
+
+    from cai.errors import StorageError
+    from cai.predict import Thresholds, load_run, predict_folder
+
+    run = load_run(_untrained_run(tmp_path))
+    images = _images(tmp_path / "images", ["a.png"])
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "out":
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(StorageError, match="not writable"):
+        predict_folder(run, images, tmp_path / "out", Thresholds(0.5, 0.5))
