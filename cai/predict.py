@@ -52,7 +52,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from cai.detect.trainer import DetectorTrainer, EvalSet, resolve_device
 from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
-from cai.io import IMAGE_SUFFIXES, _atomic_write, check_writable, read_image, resize_image, write_json, write_png, write_text
+from cai.io import (
+    IMAGE_SUFFIXES,
+    _atomic_write,
+    check_writable,
+    read_image,
+    resize_image,
+    write_json,
+    write_png,
+    write_text,
+)
 from cai.metrics import image_scores
 from cai.runid import RESOLVED_CONFIG, RunDirLock
 from cai.viz import heat

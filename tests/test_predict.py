@@ -279,8 +279,8 @@ def test_an_output_folder_holding_the_images_folder_still_finds_the_images(tmp_p
     for _ in range(2):  # into the images folder itself, twice: its overlays are outputs, not inputs
         summary = predict_folder(run, photos, photos, Thresholds(0.5, 0.5))
         assert summary["n_images"] == 2 and [r["image"] for r in _scores(photos)] == ["a.png", "b.png"]
-    assert sorted(p.name for p in photos.iterdir() if not p.name.startswith(".")) == ["a.png", "b.png", "maps", "overlays", "predict.json",
-                                                        "scores.csv"]
+    written = sorted(p.name for p in photos.iterdir() if not p.name.startswith("."))
+    assert written == ["a.png", "b.png", "maps", "overlays", "predict.json", "scores.csv"]
 
 
 def test_two_predictions_into_one_folder_run_one_after_the_other(tmp_path, caplog):
