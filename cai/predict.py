@@ -52,16 +52,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cai.detect.trainer import DetectorTrainer, EvalSet, resolve_device
 from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
-from cai.io import (
-    IMAGE_SUFFIXES,
-    _atomic_write,
-    check_writable,
-    read_image,
-    resize_image,
-    write_json,
-    write_png,
-    write_text,
-)
+from cai.io import IMAGE_SUFFIXES, _atomic_write, read_image, resize_image, write_json, write_png, write_text
 from cai.metrics import image_scores
 from cai.runid import RESOLVED_CONFIG, RunDirLock
 from cai.viz import heat
@@ -427,6 +418,8 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
     """Predict every image under ``images_dir`` into ``out_dir`` (see the module docstring); unreadable
     files are reported (log, ``unreadable.csv``, ``predict.json``) and the rest processed. A second
     prediction into the same ``out_dir`` waits for the first (``<out>/.lock``), so their files never mix."""
+    from cai.io import check_writable
+
     images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
     if not images_dir.exists():
         find_images(images_dir)  # its error, before the output dir is made
