@@ -136,7 +136,8 @@ def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     thin defects stay lines instead of dotted remnants. When shrinking, the parts of a defect thinner than
     one output pixel (what a morphological opening with an output-pixel-sized box removes, e.g. a crack
     running out of a blob) also keep the output pixels their centre line (skeleton) touches, so a thin
-    crack attached to a large blob is not cut off at the blob.
+    crack attached to a large blob is not cut off at the blob; a thin part that fits inside one output pixel
+    (a staircase corner on a round blob's edge) is left to the majority rule, so blobs do not grow.
     """
     h, w = (size, size) if isinstance(size, int) else size
     mask = mask.astype(bool, copy=False)
@@ -170,6 +171,14 @@ def _thin_part_cells(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if kh <= 1 and kw <= 1:  # enlarging: nothing is thinner than an output pixel
         return out
     thin = mask & ~opening(mask, np.ones((kh, kw), bool))  # skimage: exact for even box sizes, unlike cv2
+    if not thin.any():
+        return out
+    # a thin part that fits inside one output pixel is a crumb of a blob's boundary (a staircase corner the
+    # opening cut off), not a line: left to the majority rule, so round blobs do not grow
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(thin.astype(np.uint8), connectivity=8)
+    line = (stats[:, cv2.CC_STAT_HEIGHT] > kh) | (stats[:, cv2.CC_STAT_WIDTH] > kw)
+    line[0] = False
+    thin = line[labels]
     if not thin.any():
         return out
     rows, cols = np.nonzero(skeletonize(thin))

@@ -17,7 +17,12 @@ resized (bilinear) back to the image's own size. Written under ``out``:
   the image score reaches the image threshold; ``anomalous_area``: share of pixels at or above the pixel
   threshold);
 * ``unreadable.csv`` (only when some file could not be read: ``image, reason``) and ``predict.json``
-  (run, checkpoint, thresholds used and where they came from, counts).
+  (run, checkpoint, thresholds used and where they came from, counts; written first with ``status:
+  running``, ``finished`` at the end; ``outputs``: the maps and overlays written).
+
+An earlier prediction's outputs in ``out`` (those its predict.json lists) are removed first, so the folder
+never mixes two predictions' files (one started while another writes there waits for it); nothing else
+there is touched.
 
 Thresholds: ``threshold`` (both), ``image_threshold`` / ``pixel_threshold`` override; otherwise the run's
 stored ones. A run finished before thresholds were stored has none: prediction stops and says to pass
@@ -33,6 +38,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,13 +53,18 @@ from cai.detect.trainer import DetectorTrainer, EvalSet, make_trainer, resolve_d
 from cai.errors import CaiError, ConfigError, MissingFileError, StorageError
 from cai.io import IMAGE_SUFFIXES, _atomic_write, read_image, resize_image, write_json, write_png, write_text
 from cai.metrics import image_scores
-from cai.runid import RESOLVED_CONFIG
+from cai.runid import RESOLVED_CONFIG, RunDirLock
 from cai.viz import heat
 
 log = logging.getLogger(__name__)
 
+DIFFERS_WHY = ("the test images or masks were changed in place (the test-set check covers file names and sizes "
+               "only), or another device or library version evaluates the model differently. The thresholds are "
+               "those of the model on the test set as it is read here; pass threshold=<value> to use others.")
 THRESHOLDS_FILE = "thresholds.json"  # recomputed thresholds of a run finished before evaluation stored them
 DEFAULT_CHECKPOINT = Path("checkpoints") / "best.pt"
+PREDICTION_FILES = ("scores.csv", "unreadable.csv", "predict.json")  # written into the output dir
+PREDICTION_DIRS = {"maps": ".npy", "overlays": ".png"}  # its sub-folders -> suffix of the files written there
 
 
 @dataclass
@@ -156,6 +167,9 @@ def stored_thresholds(run: RunModel) -> dict[str, Any] | None:
     recomputed = run.run_dir / THRESHOLDS_FILE
     if recomputed.is_file():
         found = json.loads(recomputed.read_text())
+        if found.get("matches_metrics_json") is False:
+            log.warning("%s was recomputed with test metrics that differ from metrics.json (%s): %s",
+                        recomputed, found.get("differs", "see its metrics"), DIFFERS_WHY)
         return {"image": found.get("image"), "pixel": found.get("pixel"), "source": THRESHOLDS_FILE}
     return None
 
@@ -171,6 +185,9 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     from cai.track import manifest_digest
 
     cfg = OmegaConf.create(_with_paths(OmegaConf.to_container(run.cfg, resolve=False), paths))
+    reader = cfg.dataset.reader
+    if not reader.get("categories"):  # resolved_config.yaml leaves out the (sweep's) category list
+        reader.categories = list(dict.fromkeys([str(cfg.dataset.category), *map(str, reader.get("textures") or [])]))
     data = load_category(cfg)
     info = run.run_dir / "run_info.json"
     if info.is_file():
@@ -193,9 +210,10 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     differs = {k: (v, evaluation.metrics[k]) for k, v in reported.items() if v is not None
                and k in evaluation.metrics and not math.isclose(v, evaluation.metrics[k], abs_tol=1e-9)}
     out["matches_metrics_json"] = not differs if reported else None
+    if differs:
+        out["differs"] = {k: list(v) for k, v in differs.items()}  # metrics.json's value, the recomputed one
     if differs and run.own_checkpoint:
-        log.warning("The recomputed test metrics differ from metrics.json (%s): another device or library version? "
-                    "The thresholds are those of the model as it evaluates here.", differs)
+        log.warning("The recomputed test metrics differ from metrics.json (%s): %s", differs, DIFFERS_WHY)
     if run.own_checkpoint:
         try:
             write_json(run.run_dir / THRESHOLDS_FILE, out)
@@ -205,12 +223,30 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     return out
 
 
+def _threshold_value(value: Any, key: str) -> float:
+    """A threshold given on the command line as a number (NaN would label every image normal: every
+    comparison with it is false)."""
+    number = None if isinstance(value, bool) else value
+    try:
+        number = float(number)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = math.nan
+    if math.isnan(number):
+        raise ConfigError(f"{key}={value!r} is not a number.", where=key,
+                          fix=f"Pass {key}=<value in [0, 1]> (map values and image scores are in [0, 1]).")
+    return number
+
+
 def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> Thresholds:
     """The thresholds ``cfg`` asks for: overrides first, then the run's stored (or recomputed) ones."""
     override = {"image": cfg.get("image_threshold"), "pixel": cfg.get("pixel_threshold")}
     for kind in override:
         if override[kind] is None and cfg.get("threshold") is not None:
             override[kind] = cfg.threshold
+    for kind, value in override.items():
+        if value is not None:
+            override[kind] = _threshold_value(value, f"{kind}_threshold" if cfg.get(f"{kind}_threshold") is not None
+                                              else "threshold")
     source = {k: "override" for k, v in override.items() if v is not None}
     if len(source) == 2:
         return Thresholds(float(override["image"]), float(override["pixel"]), source)
@@ -222,6 +258,9 @@ def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> 
     if found is None or found.get("image") is None:
         why = ("it was evaluated before thresholds were stored" if run.own_checkpoint
                else f"its stored thresholds describe {DEFAULT_CHECKPOINT}, not {run.checkpoint.name}")
+        if not (run.run_dir / "done").is_file() and not (run.run_dir / "metrics.json").is_file():
+            failed = " (failed.txt says why it failed)" if (run.run_dir / "failed.txt").is_file() else ""
+            why = f"the run has not finished, so it has not been evaluated{failed}"
         raise ConfigError(
             f"The run has no F1-max thresholds for this checkpoint: {why}.", where=run.run_dir,
             fix="Pass recompute_thresholds=true (re-evaluates the checkpoint on the run's test set, which must be "
@@ -245,32 +284,62 @@ def choose_thresholds(run: RunModel, cfg: DictConfig, paths: dict[str, str]) -> 
 
 def find_images(folder: Path, exclude: Path | None = None) -> tuple[list[Path], list[Path]]:
     """Image files under ``folder`` (sub-folders too, hidden ones skipped; a single file is itself), sorted,
-    and the other files found there (reported, not read). ``exclude`` (the output dir) is left out."""
+    and the other files found there (reported, not read). What a prediction into ``exclude`` (the output dir)
+    writes is left out: all of it when it lies inside ``folder``, else the files an earlier prediction wrote
+    there and its csv/json (so ``out`` may also be ``folder`` itself or a folder above it)."""
     folder = Path(folder).expanduser()
     if folder.is_file():
         return [folder], []
     if not folder.is_dir():
         raise CaiError("The images folder does not exist.", where=folder,
                        fix="Pass images=<folder of images or one image>.")
+    inside: Path | None = None  # an output dir inside the images folder: left out as a whole
+    written: set[Path] = set()  # else what a prediction wrote into it
+    if exclude is not None:
+        out = Path(exclude).expanduser().resolve()
+        if out != folder.resolve() and out.is_relative_to(folder.resolve()):
+            inside = out
+        else:
+            written = {p.resolve() for p in previous_outputs(out)} | {out / f for f in PREDICTION_FILES}
     images, others = [], []
-    for p in sorted(folder.rglob("*")):
+    for p in _walk(folder):
         rel = p.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts) or not p.is_file():
             continue
-        if exclude is not None and p.resolve().is_relative_to(exclude.resolve()):
+        if (inside is not None and p.resolve().is_relative_to(inside)) or p.resolve() in written:
             continue
         (images if p.suffix.lower() in IMAGE_SUFFIXES else others).append(p)
     return images, others
 
 
+def _walk(folder: Path) -> list[Path]:
+    """Every path under ``folder``, sorted, entering symlinked sub-folders (``Path.rglob`` does not) once per
+    real folder, so a link back up does not recurse for ever (real folders before links to them)."""
+    out, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(root, d)), d))
+        out += [Path(root) / f for f in files]
+    return sorted(out)
+
+
 def output_names(images: list[Path], root: Path) -> dict[Path, Path]:
-    """Relative output stem per image: its relative path without suffix, or with it when two images of one
-    folder share a stem (``a.png`` and ``a.jpg``)."""
+    """Relative output stem per image: its relative path without suffix, or with it when that name would be
+    another image's too (``a.png`` and ``a.jpg``; ``a.png`` beside ``a.jpg`` and ``a.png.bmp``)."""
     rel = {p: (p.relative_to(root) if p != root else Path(p.name)) for p in images}
-    stems: dict[Path, int] = {}
-    for r in rel.values():
-        stems[r.with_suffix("")] = stems.get(r.with_suffix(""), 0) + 1
-    return {p: r.with_suffix("") if stems[r.with_suffix("")] == 1 else r for p, r in rel.items()}
+    names = {p: r.with_suffix("") for p, r in rel.items()}
+    while True:  # an image that keeps its suffix may take another's name: repeat until all differ
+        counts: dict[Path, int] = {}
+        for n in names.values():
+            counts[n] = counts.get(n, 0) + 1
+        clash = [p for p, n in names.items() if counts[n] > 1 and n != rel[p]]
+        if not clash:
+            return names
+        names.update({p: rel[p] for p in clash})
 
 
 def overlay(image: np.ndarray, amap: np.ndarray, pixel_threshold: float, header: str, alpha: float = 0.5,
@@ -308,6 +377,31 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, write, size_hint=array.nbytes)
 
 
+def previous_outputs(out_dir: Path) -> list[Path]:
+    """The maps and overlays an earlier prediction into ``out_dir`` wrote (predict.json's ``outputs``)."""
+    try:
+        listed = json.loads((out_dir / "predict.json").read_text()).get("outputs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    root = out_dir.resolve()
+    return [p for p in (out_dir / str(o) for o in listed) if p.resolve().is_relative_to(root)]
+
+
+def clear_previous(out_dir: Path) -> None:
+    """Remove an earlier prediction's outputs from ``out_dir`` -- the maps and overlays its predict.json lists
+    (written first, so a prediction that stopped half-way is cleared too) and its csv/json files -- so that
+    none of them is taken for this one's (an overlay outlined at another threshold, a file listed as
+    unreadable that this prediction never saw). Nothing else in ``out_dir`` is touched."""
+    for p in previous_outputs(out_dir):
+        p.unlink(missing_ok=True)
+        for parent in p.parents:  # sub-folders it leaves empty, up to maps/ or overlays/
+            if parent == out_dir or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+    for name in PREDICTION_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def _csv(rows: list[list[Any]]) -> str:
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(rows)
@@ -320,10 +414,22 @@ def _csv(rows: list[list[Any]]) -> str:
 def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, thresholds: Thresholds,
                    alpha: float = 0.5) -> dict[str, Any]:
     """Predict every image under ``images_dir`` into ``out_dir`` (see the module docstring); unreadable
-    files are reported (log, ``unreadable.csv``, ``predict.json``) and the rest processed."""
-    from tqdm.auto import tqdm
+    files are reported (log, ``unreadable.csv``, ``predict.json``) and the rest processed. A second
+    prediction into the same ``out_dir`` waits for the first (``<out>/.lock``), so their files never mix."""
+    from cai.io import check_writable
 
     images_dir, out_dir = Path(images_dir).expanduser(), Path(out_dir).expanduser()
+    if not images_dir.exists():
+        find_images(images_dir)  # its error, before the output dir is made
+    check_writable(out_dir, "output folder")  # one clear error, before the lock file is made there
+    with RunDirLock(out_dir, "predictions folder"):
+        return _predict_folder(run, images_dir, out_dir, thresholds, alpha)
+
+
+def _predict_folder(run: RunModel, images_dir: Path, out_dir: Path, thresholds: Thresholds,
+                    alpha: float) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
     files, others = find_images(images_dir, exclude=out_dir)
     if others:
         log.info("Ignored %d file(s) without an image suffix (%s), e.g. %s", len(others), "/".join(IMAGE_SUFFIXES),
@@ -332,6 +438,11 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
         raise CaiError("No image files found.", where=images_dir,
                        fix=f"Pass images=<a folder holding {'/'.join(IMAGE_SUFFIXES)} files (sub-folders too)>.")
     names = output_names(files, images_dir)
+    clear_previous(out_dir)
+    outputs = sorted(f"{sub}/{name.as_posix()}{suffix}" for name in names.values()
+                     for sub, suffix in PREDICTION_DIRS.items())
+    write_json(out_dir / "predict.json", {"status": "running", "run": str(run.run_dir), "images": str(images_dir),
+                                          "outputs": outputs})
     size, pool = run.size, int(run.cfg.detector.image_score_pool)
     batch = int(run.cfg.detector.eval_batch_size)  # the evaluation's batches: its maps, bit for bit
     results: list[Prediction] = []
@@ -375,11 +486,12 @@ def predict_folder(run: RunModel, images_dir: str | Path, out_dir: str | Path, t
     if unreadable:
         write_text(out_dir / "unreadable.csv", _csv([["image", "reason"], *map(list, unreadable)]))
     summary = {
-        "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": str(images_dir),
+        "status": "finished", "run": str(run.run_dir), "checkpoint": str(run.checkpoint), "images": str(images_dir),
         "image_size": size, "image_score_pool": pool,
         "thresholds": {"image": thresholds.image, "pixel": thresholds.pixel, "source": thresholds.source},
         "n_images": len(results), "n_anomalous": sum(r.anomalous for r in results),
         "unreadable": [{"image": i, "reason": r} for i, r in unreadable],
+        "outputs": [o for o in outputs if (out_dir / o).is_file()],  # maps/ and overlays/ files (relative)
     }
     write_json(out_dir / "predict.json", summary)
     skipped = f"; {len(unreadable)} unreadable file(s) skipped, listed in {out_dir / 'unreadable.csv'}"

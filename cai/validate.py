@@ -167,9 +167,10 @@ def check_memory(cfg: DictConfig, n_train: int, n_test: int, available: int | No
     need = estimate_job_memory(n_train, n_test, per_image, size)
     if need > available:
         gib = 1024 ** 3
-        fitting = size
-        while fitting > min_image_size(cfg) and estimate_job_memory(n_train, n_test, per_image, fitting) > available:
-            fitting //= 2
+        quantum = min_image_size(cfg)  # suggest a size check_image_size accepts: the largest multiple that fits
+        fitting = max(quantum, (size - 1) // quantum * quantum)
+        while fitting > quantum and estimate_job_memory(n_train, n_test, per_image, fitting) > available:
+            fitting -= quantum
         raise ConfigError(
             f"This run would hold ~{need / gib:.1f} GiB of images in memory ({n_train} training images x "
             f"(1 + {per_image} pseudo anomalies) and {n_test} test images at {size}x{size} px), but only "

@@ -186,3 +186,244 @@ def test_not_a_run_dir_and_cli_errors_are_one_clear_message(demo_run, tmp_path):
                           timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "images folder does not exist" in proc.stderr and str(tmp_path / "nowhere") in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- untrained run
+# Behaviour of the predictions folder and the thresholds does not need a trained model: a run dir holding the
+# tiny config, an initialised UNet as best.pt and stored thresholds is enough (no training, seconds).
+
+
+def _untrained_run(tmp_path: Path, thresholds: dict | None = None, overrides: list[str] | None = None,
+                   stored: bool = True) -> Path:
+    """``overrides`` replace TINY; ``stored=False``: a metrics.json from before thresholds were stored."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from cai.runid import identity_config
+
+    run_dir = tmp_path / "untrained_run"
+    base = overrides if overrides is not None else [*TINY, "dataset.image_size=32"]
+    cfg = compose_config("config", [*base, f"paths.cache_dir={tmp_path / 'cache'}"], run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "resolved_config.yaml").write_text(OmegaConf.to_yaml(identity_config(cfg)))  # as run_job writes it
+    torch.manual_seed(0)
+    torch.save({"model": instantiate(cfg.detector.model).state_dict()}, run_dir / "checkpoints" / "best.pt")
+    metrics = {"thresholds": thresholds or {"image": 0.5, "pixel": 0.5}} if stored else {}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "done").write_text("ok\n")
+    return run_dir
+
+
+def _images(folder: Path, names: list[str], size: tuple[int, int] = (24, 40)) -> Path:
+    rng = np.random.default_rng(0)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(folder / name), rng.integers(0, 256, (*size, 3), dtype=np.uint8))
+    return folder
+
+
+def test_a_second_prediction_into_the_same_folder_leaves_no_stale_outputs(tmp_path):
+    """Predicting another folder (or at another threshold) into an ``out`` that holds an earlier prediction used
+    to keep the earlier maps, overlays and unreadable.csv beside the new scores.csv: overlays outlined at the old
+    threshold and files listed as unreadable that this prediction never saw."""
+    run_dir = _untrained_run(tmp_path)
+    first = _images(tmp_path / "first", ["a.png", "sub/b.png"])
+    (first / "broken.png").write_bytes(b"not an image")
+    second = _images(tmp_path / "second", ["c.png"])
+    _predict(tmp_path, run_dir, first)
+    out = tmp_path / "out"
+    assert (out / "unreadable.csv").is_file() and (out / "maps" / "sub" / "b.npy").is_file()
+    summary = _predict(tmp_path, run_dir, second, "threshold=0.9")
+    assert [r["image"] for r in _scores(out)] == ["c.png"] and summary["unreadable"] == []
+    assert not (out / "unreadable.csv").exists()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("[!.]*") if p.is_file()) == [
+        "maps/c.npy", "overlays/c.png", "predict.json", "scores.csv"]
+
+
+@pytest.mark.parametrize("override", ["threshold=nan", "image_threshold=nan", "pixel_threshold=.nan",
+                                      "threshold=abc", "image_threshold=true"])
+def test_a_threshold_that_is_not_a_number_is_refused(override, tmp_path):
+    """threshold=nan used to label every image normal and outline nothing (every comparison with NaN is false),
+    and threshold=abc ended in a traceback."""
+    run_dir = _untrained_run(tmp_path)
+    images = _images(tmp_path / "images", ["a.png"])
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        _predict(tmp_path, run_dir, images, override)
+    assert not (tmp_path / "out").exists()
+
+
+def test_clearing_an_earlier_prediction_removes_only_the_files_it_wrote(tmp_path):
+    """A file the user keeps under out/overlays or out/maps (not written by a prediction) survives the next one."""
+    run_dir = _untrained_run(tmp_path)
+    out = tmp_path / "out"
+    _predict(tmp_path, run_dir, _images(tmp_path / "first", ["a.png"]))
+    mine = _images(out / "overlays", ["mine.png"]) / "mine.png"
+    np.save(out / "maps" / "mine.npy", np.zeros(3))
+    _predict(tmp_path, run_dir, _images(tmp_path / "second", ["c.png"]))
+    assert mine.is_file() and (out / "maps" / "mine.npy").is_file()
+    assert not (out / "maps" / "a.npy").exists() and not (out / "overlays" / "a.png").exists()
+    assert json.loads((out / "predict.json").read_text())["outputs"] == ["maps/c.npy", "overlays/c.png"]
+
+
+def test_an_output_folder_holding_the_images_folder_still_finds_the_images(tmp_path):
+    """out=<a parent of images> (make predict IMAGES=data/new OUT=data) or out=images used to exclude every image
+    ("No image files found"); only what a prediction wrote there is left out, so predicting again into the same
+    folder does not predict its own overlays."""
+    from cai.predict import Thresholds, load_run, predict_folder
+
+    run = load_run(_untrained_run(tmp_path))
+    parent = tmp_path / "data"
+    photos = _images(parent / "photos", ["a.png", "b.png"])
+    summary = predict_folder(run, photos, parent, Thresholds(0.5, 0.5))
+    assert summary["n_images"] == 2 and (parent / "maps" / "a.npy").is_file()
+    for _ in range(2):  # into the images folder itself, twice: its overlays are outputs, not inputs
+        summary = predict_folder(run, photos, photos, Thresholds(0.5, 0.5))
+        assert summary["n_images"] == 2 and [r["image"] for r in _scores(photos)] == ["a.png", "b.png"]
+    written = sorted(p.name for p in photos.iterdir() if not p.name.startswith("."))
+    assert written == ["a.png", "b.png", "maps", "overlays", "predict.json", "scores.csv"]
+
+
+def test_two_predictions_into_one_folder_run_one_after_the_other(tmp_path, caplog):
+    """Two predictions into the same out at once used to interleave their maps, overlays and scores.csv; the second
+    now waits for the first (the folder's lock, as for run dirs) and then replaces its outputs."""
+    import logging
+    import threading
+    import time
+
+    from cai.predict import Thresholds, load_run, predict_folder
+    from cai.runid import RunDirLock
+
+    run = load_run(_untrained_run(tmp_path))
+    out = tmp_path / "out"
+    images = _images(tmp_path / "images", ["a.png"])
+    holder = RunDirLock(out, "predictions folder", poll_s=0.05)
+    holder.acquire()  # another prediction into out, still running
+    worker = threading.Thread(target=predict_folder, args=(run, images, out, Thresholds(0.5, 0.5)))
+    with caplog.at_level(logging.WARNING, logger="cai.runid"):
+        worker.start()
+        deadline = time.monotonic() + 120
+        while worker.is_alive() and "Waiting for the predictions folder" not in caplog.text:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert worker.is_alive() and not (out / "scores.csv").exists() and not (out / "maps").exists()
+        holder.release()
+        worker.join(timeout=120)
+    assert not worker.is_alive() and [r["image"] for r in _scores(out)] == ["a.png"]
+
+
+def test_an_unfinished_run_is_not_said_to_be_from_before_thresholds(tmp_path):
+    """A failed or still-running run (no done, no metrics.json) was said to be 'evaluated before thresholds were
+    stored'; it has simply not been evaluated yet."""
+    run_dir = _untrained_run(tmp_path)
+    (run_dir / "done").unlink()
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "failed.txt").write_text("Traceback ...\nRuntimeError: boom\n")
+    with pytest.raises(ConfigError) as err:
+        _predict(tmp_path, run_dir, _images(tmp_path / "images", ["a.png"]))
+    assert "has not finished" in err.value.message and "failed.txt" in err.value.message
+    assert "before thresholds were stored" not in err.value.message
+
+
+def _dataset_run(tmp_path: Path, dataset: str) -> tuple[Path, Path, str]:
+    """A tiny MPDD (``tubes``) or BTAD (``03``) tree under tmp_path/data, an untrained run of it whose metrics.json
+    predates thresholds, its test folder and the paths.data_dir override."""
+    category, normal, defect, suffix = ("tubes", "good", "anomalous", "_mask") if dataset == "mpdd" else (
+        "03", "ok", "ko", "")
+    cat = tmp_path / "data" / dataset / category
+    _images(cat / "train" / normal, ["000.png", "001.png"], size=(32, 32))
+    _images(cat / "test" / normal, ["000.png"], size=(32, 32))
+    _images(cat / "test" / defect, ["000.png", "001.png"], size=(32, 32))
+    for stem in ("000", "001"):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:16, 8:20] = 255
+        (cat / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(cat / "ground_truth" / defect / f"{stem}{suffix}.png"), mask)
+    data = f"paths.data_dir={tmp_path / 'data'}"
+    run_dir = _untrained_run(tmp_path, stored=False, overrides=[
+        "logger=none", "foreground=otsu", f"dataset={dataset}", f"dataset.category='{category}'",
+        "dataset.image_size=32", "detector.model.base_width=4", "detector.eval_batch_size=4", data])
+    return run_dir, cat / "test", data
+
+
+@pytest.mark.parametrize("dataset", ["mpdd", "btad"])
+def test_recompute_thresholds_reads_a_dataset_with_configured_categories(dataset, tmp_path):
+    """resolved_config.yaml leaves out dataset.categories (a sweep's list, not the run's identity), so
+    recompute_thresholds=true stopped with "Unknown mpdd category 'tubes' ... Choose one of: (none configured)"
+    for every run of MVTec-AD, MPDD, BTAD, VisA or KSDD2 (the demo and folder readers find their categories)."""
+    from cai.predict import run_predict
+
+    run_dir, test_dir, data = _dataset_run(tmp_path, dataset)
+    overrides = [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'out'}", "recompute_thresholds=true",
+                 data]
+    summary = run_predict(compose_config("predict", overrides, tmp_path))
+    saved = json.loads((run_dir / "thresholds.json").read_text())
+    assert summary["thresholds"]["source"] == {"image": "recomputed", "pixel": "recomputed"}
+    assert saved["image"] is not None and saved["pixel"] is not None and summary["n_images"] == 3
+
+
+def test_thresholds_recomputed_on_a_changed_test_set_are_not_reused_silently(tmp_path, caplog):
+    """The test-set check covers file names and sizes only: images or masks rewritten in place (same size, e.g.
+    BMP) pass it. Their recomputed metrics then differ from metrics.json; the warning blamed only the device, and
+    later predictions reused the stored thresholds.json without a word."""
+    import logging
+
+    from cai.predict import run_predict
+
+    run_dir, test_dir, data = _dataset_run(tmp_path, "mpdd")
+    (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"pixel_auroc": 0.123, "image_auroc": 0.5}}))
+    overrides = [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'out'}", data]
+    with caplog.at_level(logging.WARNING, logger="cai.predict"):
+        run_predict(compose_config("predict", [*overrides, "recompute_thresholds=true"], tmp_path))
+        assert "differ from metrics.json" in caplog.text and "changed" in caplog.text
+        assert json.loads((run_dir / "thresholds.json").read_text())["matches_metrics_json"] is False
+        caplog.clear()
+        summary = run_predict(compose_config("predict", overrides, tmp_path))
+    assert summary["thresholds"]["source"]["image"] == "thresholds.json"
+    assert "differ from metrics.json" in caplog.text
+
+
+def test_images_in_a_symlinked_sub_folder_are_found_and_a_link_loop_ends(tmp_path):
+    """Path.rglob does not enter symlinked folders: their images were silently left out of the prediction."""
+    from cai.predict import find_images
+
+    elsewhere = _images(tmp_path / "elsewhere", ["x.png", "deep/y.png"])
+    folder = _images(tmp_path / "images", ["a.png"])
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)  # a link back up must not recurse for ever
+    images, _ = find_images(folder)
+    assert [p.relative_to(folder).as_posix() for p in images] == ["a.png", "linked/deep/y.png", "linked/x.png"]
+
+
+def test_output_names_never_collide():
+    """x.png and x.jpg keep their suffixes; x.png.bmp's name without suffix was then x.png as well, so one map and
+    one overlay overwrote the other without a word."""
+    from cai.predict import output_names
+
+    root = Path("/images")
+    files = [root / n for n in ("x.png", "x.jpg", "x.png.bmp", "y.png", "sub/y.png")]
+    names = output_names(files, root)
+    assert len(set(names.values())) == len(files)
+    assert names[root / "y.png"] == Path("y") and names[root / "sub/y.png"] == Path("sub/y")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_clear_error(tmp_path, monkeypatch):
+    """The predictions folder's lock is made after the writability check, so an unwritable out stays one
+    StorageError (not a PermissionError traceback from the lock's mkdir)."""
+    import errno
+    import os
+
+    from cai.errors import StorageError
+    from cai.predict import Thresholds, load_run, predict_folder
+
+    run = load_run(_untrained_run(tmp_path))
+    images = _images(tmp_path / "images", ["a.png"])
+    real_mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self.name == "out":
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(StorageError, match="not writable"):
+        predict_folder(run, images, tmp_path / "out", Thresholds(0.5, 0.5))

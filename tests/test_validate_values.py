@@ -71,3 +71,21 @@ def test_a_run_too_big_for_memory_stops_with_a_size_that_fits(tmp_path):
     check_memory(cfg, 200, 100, available=need)  # exactly enough: no error
     cfg256 = compose_config("config", [*BASE, "dataset.image_size=256"], tmp_path)
     check_memory(cfg256, 200, 100, available=24 * 1024 ** 3)
+
+
+@pytest.mark.parametrize("size, available_at", [(800, 400), (96, 40), (224, 100), (4096, 1000)])
+def test_the_size_suggested_for_memory_is_one_the_detector_takes(size, available_at, tmp_path):
+    """The suggestion used to halve the size (800 -> 400, 96 -> 48), which check_image_size then refused: it is
+    the largest multiple of the detector's quantum (32) that fits."""
+    from cai.validate import check_image_size, check_memory, estimate_job_memory, min_image_size
+
+    cfg = compose_config("config", [*BASE, f"dataset.image_size={size}"], tmp_path)
+    per_image, quantum = int(cfg.synthesizer.n_per_image), min_image_size(cfg)
+    available = estimate_job_memory(200, 100, per_image, available_at)
+    with pytest.raises(ConfigError) as err:
+        check_memory(cfg, 200, 100, available=available)
+    fits = int(err.value.fix.split("e.g. ")[1].split(";")[0])
+    assert fits % quantum == 0 and estimate_job_memory(200, 100, per_image, fits) <= available
+    assert estimate_job_memory(200, 100, per_image, fits + quantum) > available  # the largest that fits
+    cfg.dataset.image_size = fits
+    check_image_size(cfg)
