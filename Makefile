@@ -32,7 +32,7 @@ $(error LAUNCHER=$(LAUNCHER) is not a launcher: use basic, local or slurm (conf/
 endif
 # With LAUNCHER=slurm the runs are still queued when the command returns: the table comes later.
 ifeq ($(LAUNCHER),slurm)
-RENDER = @echo "LAUNCHER=slurm: runs submitted, no table yet. When the arrays have ended, the same command resubmits what did not finish; once every run is done, render the table with scripts/make_table.py $(1)"
+RENDER = @echo "LAUNCHER=slurm: no table yet (the runs are queued). When the arrays have ended, the same command resubmits what did not finish; once every run is done, render the table with scripts/make_table.py $(1)"
 else
 RENDER = $(PY) scripts/make_table.py $(1)
 endif

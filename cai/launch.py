@@ -8,10 +8,11 @@ keep the one road of a run: every job is ``scripts/run.py``'s task in its determ
 
 * :class:`JoblibLauncher` (``hydra/launcher=local``): joblib's loky workers are processes; each one claims a
   *slot* the first time it runs a job and keeps it for its life: a GPU (``CUDA_VISIBLE_DEVICES`` set before
-  torch touches CUDA) and an even share of the CPU cores. A slot is an ``flock`` on a lock file, so no two
-  live processes hold the same one (the kernel frees it when a worker dies), and GPU slots are shared by
-  every sweep on the node: a second sweep waits for a free GPU rather than doubling up on one. Without GPUs
-  the workers run on the CPU, one core share each.
+  torch touches CUDA) and an even share of the CPU cores as its torch threads and synthesis processes (not
+  pinned: on a shared machine a pinned worker starves whenever another program sits on its cores). A slot
+  is an ``flock`` on a lock file, so no two live processes hold the same one (the kernel frees it when a
+  worker dies), and GPU slots are shared by every sweep of the user on the node: a second sweep waits for a
+  free GPU rather than doubling up on one. Without GPUs the workers run on the CPU.
 * :class:`SlurmLauncher` (``hydra/launcher=slurm``): one SLURM job array per sweep, one GPU per task; it
   submits and returns (``wait: false``). Runs already finished (``done``) or running now (their run dir's
   lock is held) are not submitted again, so re-running the command after jobs died resubmits only the rest.
@@ -51,8 +52,8 @@ GPU_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z-]+)$")  # an index or a UUID, a
 # -- slots: which GPU and which CPU cores a worker process runs on ------------------------------------------
 @dataclass(frozen=True)
 class Slot:
-    """One worker's place: ``index`` (0..n-1, also its share of the CPU cores), the GPU it runs on
-    (``None``: CPU) and the name of its lock file."""
+    """One worker's place: ``index`` (0..n-1), the GPU it runs on (``None``: CPU) and the name of its lock
+    file."""
 
     index: int
     gpu: str | None
@@ -92,14 +93,10 @@ def plan_slots(gpus: Sequence[str], jobs_per_gpu: int, n_workers: int) -> list[S
     return [Slot(i, None, f"cpu-{i}") for i in range(n_workers)]
 
 
-def cpu_share(index: int, n_slots: int, cores: Sequence[int]) -> list[int] | None:
-    """The cores slot ``index`` of ``n_slots`` may use: consecutive, disjoint, as even as possible; None
-    when there are fewer cores than slots (then no pinning, one thread each)."""
-    cores = sorted(cores)
-    if n_slots < 1 or len(cores) < n_slots:
-        return None
-    lo, hi = index * len(cores) // n_slots, (index + 1) * len(cores) // n_slots
-    return cores[lo:hi]
+def cpu_share(n_slots: int, n_cores: int) -> int:
+    """Cores per worker when ``n_slots`` workers share ``n_cores``: the torch threads and synthesis processes
+    of each, so that the workers together do not oversubscribe the CPU (at least 1)."""
+    return max(1, n_cores // max(1, n_slots))
 
 
 def default_lock_dir() -> Path:
@@ -150,21 +147,19 @@ def claim_slot(slots: Sequence[Slot], lock_dir: Path, poll_s: float = 1.0) -> Sl
         time.sleep(poll_s)
 
 
-def use_slot(slot: Slot, n_slots: int) -> list[int] | None:
-    """Point this process at its slot: only its GPU visible (none for a CPU slot), pinned to its share of
-    the cores with as many torch threads. Must run before torch initialises CUDA in this process."""
+def use_slot(slot: Slot, n_slots: int) -> int:
+    """Point this process at its slot: only its GPU visible (none for a CPU slot) and its share of the
+    cores as torch threads; returns that share. Must run before torch initialises CUDA in this process."""
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         raise CaiError("CUDA was initialised in this worker before its GPU was chosen, so the GPU "
                        "assignment cannot be applied.", fix="Report this as a bug (cai/launch.py).")
     os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
-    cores = cpu_share(slot.index, n_slots, os.sched_getaffinity(0))
-    if cores:
-        os.sched_setaffinity(0, cores)
+    share = cpu_share(n_slots, len(os.sched_getaffinity(0)))
     import torch  # after CUDA_VISIBLE_DEVICES
 
-    torch.set_num_threads(len(cores) if cores else 1)
-    return cores
+    torch.set_num_threads(share)
+    return share
 
 
 class SlotTask:
@@ -183,9 +178,13 @@ class SlotTask:
         first = not _HELD
         slot = claim_slot(self.slots, self.lock_dir)
         if first:
-            cores = use_slot(slot, len(self.slots))
-            log.info("Worker %d: slot %d of %d, %s, cores %s", os.getpid(), slot.index, len(self.slots),
-                     slot.describe(), cores if cores else "shared")
+            _HELD["cores"] = use_slot(slot, len(self.slots))
+            log.info("Worker %d: slot %d of %d, %s, %d core(s)", os.getpid(), slot.index, len(self.slots),
+                     slot.describe(), _HELD["cores"])
+        synthesis = cfg.get("synthesis")
+        if synthesis is not None and synthesis.get("workers") == "auto":  # not a process per core per worker
+            with read_write(cfg), open_dict(cfg):
+                cfg.synthesis.workers = _HELD["cores"]
         if slot.gpu is not None:
             device = str(cfg.get("device", "auto"))
             if device not in ("auto", "cuda", "cuda:0"):

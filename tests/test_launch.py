@@ -32,10 +32,9 @@ from cai.launch import (
 from cai.runid import RunDirLock
 from tests.test_e2e import REPO, TINY
 
-# A 4-run demo sweep: two categories x two epoch counts. The two runs of a category share one
-# pseudo-anomaly cache entry, so parallel launchers make them race on it.
-SWEEP = [*(a for a in TINY if not a.startswith(("dataset.category=", "detector.epochs="))),
-         "dataset.category=brick,coin", "detector.epochs=1,2"]
+# A 2-run demo sweep: two epoch counts of one category. The two runs share one pseudo-anomaly cache entry,
+# so parallel launchers make them race on it.
+SWEEP = [*(a for a in TINY if not a.startswith("detector.epochs=")), "detector.epochs=1,2"]
 
 
 def _env(tmp_path: Path, extra_path: str = "") -> dict[str, str]:
@@ -64,11 +63,9 @@ def test_slots_give_each_gpu_once_before_any_twice():
     assert [s.gpu for s in plan_slots([], 1, 3)] == [None, None, None]
 
 
-def test_cpu_shares_are_disjoint_and_cover_the_cores():
-    cores = [0, 1, 2, 3, 4, 5, 6]
-    shares = [cpu_share(i, 3, cores) for i in range(3)]
-    assert shares == [[0, 1], [2, 3], [4, 5, 6]]
-    assert cpu_share(0, 3, [0, 1]) is None  # fewer cores than workers: no pinning
+def test_workers_share_the_cores_without_oversubscribing():
+    assert cpu_share(3, 7) == 2 and cpu_share(4, 64) == 16 and cpu_share(2, 2) == 1
+    assert cpu_share(3, 2) == 1  # fewer cores than workers: one thread each
 
 
 def test_gpu_lists_are_parsed_and_checked():
@@ -122,9 +119,7 @@ def test_worker_processes_never_share_a_gpu(tmp_path):
 
 
 def test_cpu_workers_hide_the_gpus_and_split_the_cores(tmp_path):
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        pytest.skip("needs 2 cores")
+    cores = len(os.sched_getaffinity(0))
     ctx = mp.get_context("fork")
     slots = plan_slots([], 1, 2)
     out, release = ctx.Queue(), ctx.Event()
@@ -135,7 +130,7 @@ def test_cpu_workers_hide_the_gpus_and_split_the_cores(tmp_path):
     for p in procs:
         p.join(timeout=60)
     assert all(r[1] is None and r[2] == "" for r in got)  # no GPU visible: device=auto runs on the CPU
-    assert sum(r[3] for r in got) == len(cores) // 2 * 2  # disjoint halves of the cores, one thread per core
+    assert [r[3] for r in got] == [max(1, cores // 2)] * 2  # half the cores each, as torch threads
 
 
 # -- the same metrics through every launcher ----------------------------------------------------------------
@@ -150,16 +145,14 @@ def test_demo_sweep_gives_the_same_metrics_through_every_launcher(tmp_path):
                      *launcher], tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = _metrics(logs / "run")
-        if name == "joblib":
-            workers = {m for p in (logs / "run").rglob("run.log")
-                       for m in re.findall(r"Worker (\d+): slot", p.read_text())}
-            assert len(workers) == 2  # two worker processes ran the four runs
-            # The two runs of a category shared one cache entry: one synthesized it, the other reused it.
-            for category in ("brick", "coin"):
-                logs_of = [p.read_text() for p in (logs / "run/demo" / category).rglob("run.log")]
-                assert sum("Reusing cached pseudo anomalies" in t for t in logs_of) == 1
-                assert len(list((tmp_path / name / "cache/pseudo/demo" / category).iterdir())) == 1
-    assert len(runs["basic"]) == 4
+        logs_of = [p.read_text() for p in (logs / "run").rglob("run.log")]
+        if name == "joblib":  # worker processes with a slot each (two, unless one ran both runs)
+            workers = {m for t in logs_of for m in re.findall(r"Worker (\d+): slot \d of 2, CPU", t)}
+            assert 1 <= len(workers) <= 2
+        # The two runs shared one cache entry: one synthesized it, the other waited and reused it.
+        assert sum("Reusing cached pseudo anomalies" in t for t in logs_of) == 1
+        assert len(list((tmp_path / name / "cache/pseudo/demo/coin").iterdir())) == 1
+    assert len(runs["basic"]) == 2
     assert runs["joblib"] == runs["basic"]
     assert runs["submitit"] == runs["basic"]
 
@@ -214,12 +207,13 @@ def test_preempted_submitit_job_requeues_and_resumes_to_the_same_result(tmp_path
     assert proc.returncode == 0, err[-3000:]
     run_dir = last.parent.parent
     log = (run_dir / "run.log").read_text()
-    assert "Resumed from" in log, log[-3000:]
-    epochs = [json.loads(line)["step"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3, 4, 5, 6]
     submitit_log = "".join(p.read_text() for p in job_dirs[0].glob("*_log.*"))
-    assert "this job is preempted" in submitit_log
-    assert log.count("Synthesis: ") == 2  # the job ran twice in this run dir: preempted, then requeued
+    why = f"run.log:\n{log[-4000:]}\nsubmitit:\n{submitit_log[-2000:]}"
+    assert "this job is preempted" in submitit_log, why
+    assert log.count("Synthesis: ") == 2, why  # the job ran twice in this run dir: preempted, then requeued
+    assert "Resumed from" in log, why
+    epochs = [json.loads(line)["step"] for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 6], why
     assert (json.loads((run_dir / "metrics.json").read_text())["metrics"]
             == json.loads((tmp_path / "reference" / "metrics.json").read_text())["metrics"])
 
