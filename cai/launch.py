@@ -99,6 +99,21 @@ def cpu_share(n_slots: int, n_cores: int) -> int:
     return max(1, n_cores // max(1, n_slots))
 
 
+def physical_gpu(gpu: str, visible: str | None) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` value for GPU ``gpu`` of ``hydra.launcher.gpus``: an index counts among
+    the GPUs this process already sees (``visible``, e.g. the ones a SLURM allocation grants), as torch's
+    ``cuda:<index>`` does; a UUID is taken as it is."""
+    if visible is None or not gpu.isdigit():
+        return gpu
+    seen = [v.strip() for v in visible.split(",") if v.strip()]
+    if int(gpu) >= len(seen):
+        raise ConfigError(f"GPU {gpu} is not among the {len(seen)} GPU(s) this process sees "
+                          f"(CUDA_VISIBLE_DEVICES={visible!r}).",
+                          fix=f"Use indices 0..{len(seen) - 1} (they count among the visible GPUs) in GPUS / "
+                              f"hydra.launcher.gpus.")
+    return seen[int(gpu)]
+
+
 def default_lock_dir() -> Path:
     """Where GPU slot locks live: one folder per user and node, so that every sweep on the node sees them."""
     return Path(tempfile.gettempdir()) / f"cai-slots-{os.getuid()}"
@@ -154,7 +169,8 @@ def use_slot(slot: Slot, n_slots: int) -> int:
     if torch is not None and torch.cuda.is_initialized():
         raise CaiError("CUDA was initialised in this worker before its GPU was chosen, so the GPU "
                        "assignment cannot be applied.", fix="Report this as a bug (cai/launch.py).")
-    os.environ["CUDA_VISIBLE_DEVICES"] = slot.gpu if slot.gpu is not None else ""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = physical_gpu(slot.gpu, visible) if slot.gpu is not None else ""
     share = cpu_share(n_slots, len(os.sched_getaffinity(0)))
     import torch  # after CUDA_VISIBLE_DEVICES
 

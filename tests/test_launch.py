@@ -25,6 +25,7 @@ from cai.launch import (
     claim_slot,
     cpu_share,
     parse_gpus,
+    physical_gpu,
     plan_slots,
     run_state,
     use_slot,
@@ -77,6 +78,14 @@ def test_gpu_lists_are_parsed_and_checked():
         parse_gpus(["cuda:0"])
 
 
+def test_gpu_indices_count_among_the_gpus_already_visible():
+    """Inside an allocation that grants GPUs 4-7 (CUDA_VISIBLE_DEVICES=4,5,6,7), GPUS=0,1 are GPUs 4 and 5."""
+    assert physical_gpu("1", "4,5,6,7") == "5" and physical_gpu("1", None) == "1"
+    assert physical_gpu("GPU-8a1b", "4,5") == "GPU-8a1b"
+    with pytest.raises(ConfigError, match="not among the 2 GPU"):
+        physical_gpu("2", "4,5")
+
+
 def test_launcher_refuses_more_workers_than_gpu_slots():
     with pytest.raises(ConfigError, match="two jobs on one GPU"):
         JoblibLauncher(gpus=[0, 1], n_jobs=3)
@@ -86,6 +95,7 @@ def test_launcher_refuses_more_workers_than_gpu_slots():
 
 
 def _worker(slots: list[Slot], lock_dir: str, out: Any, release: Any, hold_s: float) -> None:
+    os.environ.pop("CUDA_VISIBLE_DEVICES", None)  # GPU ids are physical here (see physical_gpu)
     slot = claim_slot(slots, Path(lock_dir), poll_s=0.05)
     use_slot(slot, len(slots))
     import torch
