@@ -7,6 +7,36 @@ STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
 
+# Where the runs of a sweep (demo, table1, table3, table4) run; conf/hydra/launcher/ and README "Running on a
+# cluster". basic: one after another in this process. local: in parallel on this node, one GPU per worker
+# (GPUS=0,1,2,3; without GPUS, WORKERS CPU workers, default one per core). slurm: one SLURM job array per
+# sweep, one GPU per run; submits and returns (SLURM_PARTITION, SLURM_ACCOUNT, SLURM_TIME in minutes;
+# DRY_RUN=1 prints the sbatch script instead of submitting). local and slurm need `pip install -e ".[cluster]"`.
+LAUNCHER ?= basic
+GPUS ?=
+WORKERS ?=
+SLURM_PARTITION ?=
+SLURM_ACCOUNT ?=
+SLURM_TIME ?=
+DRY_RUN ?=
+ifeq ($(LAUNCHER),basic)
+LAUNCH_ARGS :=
+else ifeq ($(LAUNCHER),local)
+LAUNCH_ARGS := hydra/launcher=local 'hydra.launcher.gpus=[$(GPUS)]' $(if $(WORKERS),hydra.launcher.n_jobs=$(WORKERS))
+else ifeq ($(LAUNCHER),slurm)
+LAUNCH_ARGS := hydra/launcher=slurm $(if $(SLURM_PARTITION),hydra.launcher.partition=$(SLURM_PARTITION)) \
+  $(if $(SLURM_ACCOUNT),hydra.launcher.account=$(SLURM_ACCOUNT)) $(if $(SLURM_TIME),hydra.launcher.timeout_min=$(SLURM_TIME)) \
+  $(if $(DRY_RUN),hydra.launcher.dry_run=true)
+else
+$(error LAUNCHER=$(LAUNCHER) is not a launcher: use basic, local or slurm (conf/hydra/launcher/))
+endif
+# With LAUNCHER=slurm the runs are still queued when the command returns: the table comes later.
+ifeq ($(LAUNCHER),slurm)
+RENDER = @echo "LAUNCHER=slurm: no table yet (the runs are queued). When the arrays have ended, the same command resubmits what did not finish; once every run is done, render the table with scripts/make_table.py $(1)"
+else
+RENDER = $(PY) scripts/make_table.py $(1)
+endif
+
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
@@ -19,8 +49,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with the pinned dependencies
 
 demo: install ## synthesize -> train -> evaluate on the embedded demo dataset, print the table
-	$(PY) scripts/run.py -m experiment=demo
-	$(PY) scripts/make_table.py table=demo
+	$(PY) scripts/run.py -m experiment=demo $(LAUNCH_ARGS)
+	$(call RENDER,table=demo)
 
 bsdata: install ## real-data evidence on a 2-core CPU: 8 synthesizers x 3 seeds on BSData at budget=cpu (~65 min idle)
 	$(PY) scripts/train_realnet_ddpm.py dataset=bsdata realnet_ddpm=cpu $(DDPM_ARGS)
@@ -39,17 +69,17 @@ DETECTOR ?= unet
 # best: the paper's test-set selection; best,val trains both and renders them side by side.
 # HeadCLIP's own protocol takes its last epoch (no test-set selection).
 TABLE1_SELECTIONS ?= $(if $(filter headclip,$(DETECTOR)),last,best)
-table1: install ## Table 1: every synthesizer x dataset x category, then the table beside the paper's (DETECTOR=unet|headclip)
-	for ds in $(TABLE1_DATASETS); do $(PY) scripts/run.py experiment=table1 dataset=$$ds detector=$(DETECTOR) detector.selection=$(TABLE1_SELECTIONS) $(ARGS) || exit 1; done
-	$(PY) scripts/make_table.py table=table1 table.detector=$(DETECTOR)
+table1: install ## Table 1: every synthesizer x dataset x category, then the table beside the paper's (DETECTOR=unet|headclip, LAUNCHER=local|slurm)
+	for ds in $(TABLE1_DATASETS); do $(PY) scripts/run.py experiment=table1 dataset=$$ds detector=$(DETECTOR) detector.selection=$(TABLE1_SELECTIONS) $(LAUNCH_ARGS) $(ARGS) || exit 1; done
+	$(call RENDER,table=table1 table.detector=$(DETECTOR))
 
 table3: install ## Table 3: CAI-N ablations (PE / STM / ILS) on MVTec-AD
-	$(PY) scripts/run.py experiment=table3 $(ARGS)
-	$(PY) scripts/make_table.py table=table3
+	$(PY) scripts/run.py experiment=table3 $(LAUNCH_ARGS) $(ARGS)
+	$(call RENDER,table=table3)
 
 table4: install ## Table 4: CAI-N scale ratios (4:3:3, 6:2:2, 2:6:2, 2:2:6) on MVTec-AD
-	$(PY) scripts/run.py experiment=table4 $(ARGS)
-	$(PY) scripts/make_table.py table=table4
+	$(PY) scripts/run.py experiment=table4 $(LAUNCH_ARGS) $(ARGS)
+	$(call RENDER,table=table4)
 
 table2: install ## Table 2: FID / KID of Table 1's pseudo anomalies (needs the Inception weights, see README)
 	$(PY) scripts/evaluate_fid.py runs_dir=results/raw/table1 $(ARGS)
@@ -79,6 +109,6 @@ test: install ## run the test suite
 	$(PY) -m pytest -q
 
 lint: install ## ruff
-	$(PY) -m ruff check cai baselines scripts tests
+	$(PY) -m ruff check cai baselines scripts tests hydra_plugins
 
 .PHONY: help install demo test lint bsdata bank labels models table1 table2 table3 table4 fig7 figures bench predict

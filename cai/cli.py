@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -85,22 +86,43 @@ class FailedJobsCallback(Callback):
     """Hydra callback (conf/hydra/default.yaml): a multirun with a failed job exits non-zero at the end.
 
     Every job still runs (``run_task`` records a failure in ``failed.txt`` and returns); after the last
-    job the failed run dirs are listed on stderr and the process exits with ``exit_code``.
+    job the failed run dirs are listed on stderr and the process exits with ``exit_code``. Jobs that ran in
+    other processes (hydra/launcher=local or a submitit launcher call ``on_job_end`` there, on their own
+    copy of this callback) are found by the ``failed.txt`` they wrote under the sweep dir since the start.
     """
 
     def __init__(self, exit_code: int = 1) -> None:
         self.exit_code = exit_code
         self.failed: list[Path] = []
+        self.started = 0.0
+        self.sweep_dir: Path | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self.failed = []
+        self.started = time.time()
+        self.sweep_dir = Path(str(config.hydra.sweep.dir))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         run_dir = Path(config.hydra.runtime.output_dir)
         if job_return.status == JobStatus.FAILED or (run_dir / "failed.txt").is_file():
             self.failed.append(run_dir)
 
+    def _failed_elsewhere(self) -> list[Path]:
+        """Run dirs under the sweep dir whose ``failed.txt`` was written since the multirun started."""
+        if self.sweep_dir is None or not self.sweep_dir.is_dir():
+            return []
+        found = []
+        for marker in self.sweep_dir.rglob("failed.txt"):
+            try:
+                if marker.stat().st_mtime >= self.started:
+                    found.append(marker.parent)
+            except OSError:
+                continue
+        return found
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        seen = {p.absolute() for p in self.failed}
+        self.failed += sorted(p for p in self._failed_elsewhere() if p.absolute() not in seen)
         if not self.failed:
             return
         lines = [f"{len(self.failed)} job(s) of this multirun failed (the other jobs ran to the end):"]
