@@ -174,7 +174,8 @@ def collect_unfinished(runs_dir: Path) -> list[dict[str, Any]]:
 
 
 #: The leading columns of the runs CSV, in this order; then metrics, dotted extras, choices, run_dir, reason.
-RUNS_CSV_IDENTITY = ("status", "dataset", "category", "synthesizer", "display_name", "seed", "budget", "selection")
+RUNS_CSV_IDENTITY = ("status", "dataset", "category", "synthesizer", "display_name", "seed", "budget", "selection",
+                     "detector")
 
 
 def _flatten(value: Any, prefix: str) -> dict[str, Any]:

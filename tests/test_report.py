@@ -368,7 +368,8 @@ def test_make_table_script_marks_failed_category_and_refuses_mixed_budgets(tmp_p
 
     def make(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(repo / "scripts" / "make_table.py"), "table=demo",
-                               f"table.runs_dir={runs}", f"table.output={out}", *args], cwd=tmp_path,
+                               f"table.runs_dir={runs}", f"table.output={out}",
+                               "table.expected=dataset_configs", *args], cwd=tmp_path,
                               capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
                                                                                  "HOME": str(tmp_path)})
 

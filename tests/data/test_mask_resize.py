@@ -101,7 +101,7 @@ def test_trainer_evaluates_with_the_eval_set_labels(tmp_path, monkeypatch):
 
     from cai.metrics import Evaluation
 
-    def spy(self, maps, masks, labels=None, has_mask=None):
+    def spy(self, maps, masks, labels=None, has_mask=None, scores=None):
         seen["labels"], seen["has_mask"] = labels, has_mask
 
     monkeypatch.setattr(AnomalyMetrics, "update", spy)
