@@ -443,7 +443,7 @@ def _predict_folder(run: RunModel, images_dir: Path, out_dir: Path, thresholds: 
                      for sub, suffix in PREDICTION_DIRS.items())
     write_json(out_dir / "predict.json", {"status": "running", "run": str(run.run_dir), "images": str(images_dir),
                                           "outputs": outputs})
-    size, pool = run.size, int(run.cfg.detector.image_score_pool)
+    size, pool = run.size, run.cfg.detector.image_score_pool  # None: the detector scores images itself
     batch = int(run.cfg.detector.eval_batch_size)  # the evaluation's batches: its maps, bit for bit
     results: list[Prediction] = []
     unreadable: list[tuple[str, str]] = []
@@ -457,7 +457,7 @@ def _predict_folder(run: RunModel, images_dir: Path, out_dir: Path, thresholds: 
         maps, own = run.trainer.predict_scored(run.model,
                                                torch.from_numpy(np.ascontiguousarray(small.transpose(0, 3, 1, 2))))
         maps = maps.numpy()
-        scores = image_scores(maps, pool) if own is None else own.numpy()  # HeadCLIP: its joint score
+        scores = image_scores(maps, int(pool)) if own is None else own.numpy()  # HeadCLIP: its joint score
         for (path, img), amap, score in zip(pending, maps, scores, strict=True):
             results.append(_write_one(path, img, amap, float(score), names[path], images_dir, out_dir,
                                       thresholds, alpha))

@@ -68,6 +68,23 @@ def test_headclip_demo_run_trains_evaluates_and_makes_a_table_row(tmp_path):
     items = heatmaps_from_run(run_dir, paths, n=2, device="cpu")
     assert len(items) == 2 and items[0].anomaly_map.shape == (64, 64) and items[0].anomaly_map.min() >= 0.0
 
+    # make predict on a HeadCLIP run: its image score is the joint score (no pooled map), with the run's
+    # thresholds; predicting the run's own test images gives back their evaluation labels' AUROC
+    test_dir = tmp_path / "cache" / "demo_data" / "coin" / "test"
+    pred = _script("predict.py", [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'pred'}",
+                                  f"paths.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    summary = json.loads((tmp_path / "pred" / "predict.json").read_text())
+    assert summary["status"] == "finished" and summary["n_images"] == 6 and summary["image_score_pool"] is None
+    assert summary["thresholds"]["image"] == metrics["thresholds"]["image"]
+    rows = (tmp_path / "pred" / "scores.csv").read_text().splitlines()[1:]
+    scores = {row.split(",")[0]: float(row.split(",")[1]) for row in rows}
+    labels = [not name.startswith("good/") for name in scores]
+    from torchmetrics.functional.classification import binary_auroc
+
+    auroc = float(binary_auroc(torch.tensor(list(scores.values()), dtype=torch.float64), torch.tensor(labels)))
+    assert auroc == pytest.approx(metrics["metrics"]["image_auroc"], abs=1e-6)
+
     table = _script("make_table.py", ["table=demo", f"table.runs_dir={runs}", f"table.output={tmp_path / 't.md'}",
                                       "table.expected=null"], tmp_path)
     assert table.returncode == 0, table.stderr[-3000:]

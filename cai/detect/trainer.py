@@ -222,7 +222,9 @@ class DetectorTrainer:
     def score(self, maps: torch.Tensor, test: EvalSet, scores: torch.Tensor | None = None) -> Evaluation:
         """Metrics, F1-max thresholds and skipped metric families of ``maps`` (and the detector's own image
         ``scores``, if it has them) on ``test``."""
-        metrics = AnomalyMetrics(fpr_limit=float(self.cfg.pro_fpr_limit), image_pool=int(self.cfg.image_score_pool))
+        pool = self.cfg.image_score_pool  # None: the detector gives its own image scores (HeadCLIP)
+        metrics = AnomalyMetrics(fpr_limit=float(self.cfg.pro_fpr_limit),
+                                 image_pool=None if pool is None else int(pool))
         metrics.update(maps, test.masks, labels=test.labels, has_mask=test.has_mask, scores=scores)
         evaluation = metrics.evaluate()
         if evaluation.pixel_skipped and not self._warned_skip:

@@ -560,16 +560,16 @@ class AnomalyMetrics:
     ``compute`` ranks all pixels once and returns ``pixel_auroc``, ``pixel_ap``, ``pro`` (up to
     ``fpr_limit``), ``pixel_f1_max``, and ``image_auroc``, ``image_ap``, ``image_f1_max`` (image score:
     the one given to ``update`` -- a detector with its own image score, e.g. HeadCLIP's joint score --, else
-    :func:`image_scores` with ``image_pool``; image label: the one given to ``update``, else the mask has an
-    anomalous pixel). :meth:`evaluate` adds the F1-max thresholds and what was skipped: the pixel metrics
-    need a ground-truth mask for every anomalous image (``has_mask``), else they are nan and skipped with
-    the reason. ``device``: "cpu" ranks with NumPy, a CUDA device with torch on it. Batches may differ in
-    image size.
+    :func:`image_scores` with ``image_pool``; ``image_pool=None``: every batch must bring its scores; image
+    label: the one given to ``update``, else the mask has an anomalous pixel). :meth:`evaluate` adds the
+    F1-max thresholds and what was skipped: the pixel metrics need a ground-truth mask for every anomalous
+    image (``has_mask``), else they are nan and skipped with the reason. ``device``: "cpu" ranks with NumPy,
+    a CUDA device with torch on it. Batches may differ in image size.
     """
 
-    def __init__(self, fpr_limit: float = 0.3, image_pool: int = 21, device: str | torch.device = "cpu"):
-        if image_pool < 1 or image_pool % 2 == 0:
-            raise ValueError(f"image_pool must be a positive odd size, got {image_pool}")
+    def __init__(self, fpr_limit: float = 0.3, image_pool: int | None = 21, device: str | torch.device = "cpu"):
+        if image_pool is not None and (image_pool < 1 or image_pool % 2 == 0):
+            raise ValueError(f"image_pool must be a positive odd size (or None), got {image_pool}")
         self.fpr_limit = _check_limit(fpr_limit)
         self.image_pool = image_pool
         self.device = torch.device(device)
@@ -616,6 +616,8 @@ class AnomalyMetrics:
         """The metrics, their F1-max thresholds and the skipped metric families (see the class docstring)."""
         if not self._maps:
             raise ValueError("AnomalyMetrics.compute() called before any update()")
+        if self.image_pool is None and any(s is None for s in self._scores):
+            raise ValueError("image_pool=None: the detector scores images itself, but a batch came without scores")
         img_scores = np.concatenate([image_scores(m.to(self.device), self.image_pool) if s is None else s
                                      for m, s in zip(self._maps, self._scores, strict=True)])
         img_labels = np.concatenate(self._labels)
