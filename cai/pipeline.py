@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cai.data.types import CategoryData
 from cai.detect.auxiliary import AuxiliaryData, train_on
-from cai.detect.trainer import EvalSet, TrainSet, make_trainer, resolve_device
+from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet, make_trainer, resolve_device
 from cai.detect.validation import holdout_indices, split_train_val
 from cai.errors import CaiError, ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask, write_json
@@ -262,25 +263,56 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         train, val = split_train_val(train, normal_index, held_out)
     test = _eval_set(prep)
 
+    def fit(trainer: DetectorTrainer) -> dict[str, Any]:
+        return trainer.fit(train, test, resume=bool(cfg.resume), val=val)["selected"]
+
+    def log_synthesis(tracker: Tracker) -> None:
+        tracker.log_image("synthesis", synthesis_panel(prep.normals, pseudo, pseudo_masks, normal_index,
+                                                       n=int(cfg.n_panels)),
+                          caption=f"{cfg.synthesizer.display_name}: normal | pseudo anomaly | mask")
+
+    def extra(selected: dict[str, Any]) -> dict[str, Any]:
+        stats = read_stats(cache_dir)
+        out = {
+            "n_train_normal": len(train.normals), "n_pseudo": len(train.pseudo), "n_test": len(prep.test_images),
+            "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
+                                                     normal_index, cache_dir),
+            "synthesis": {k: stats[k] for k in ("n", "redrawn")},
+            # DRAEM / GLASS anomaly-source textures ("dtd" / "dtd_mini"); null for synthesizers without
+            "texture_source": cfg.synthesizer.get("texture_source"),
+        }
+        if val is not None:
+            out["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),
+                          "n_normal": sum(n.startswith("val_normal/") for n in val.names)}
+        return out
+
+    return _train_evaluate_record(cfg, run_dir, data, prep, test, fit, extra, after_fit=log_synthesis)
+
+
+def _train_evaluate_record(cfg: DictConfig, run_dir: Path, data: CategoryData, prep: PreparedCategory,
+                           test: EvalSet, fit: Callable[[DetectorTrainer], dict[str, Any]],
+                           extra: Callable[[dict[str, Any]], dict[str, Any]],
+                           after_fit: Callable[[Tracker], None] | None = None) -> dict[str, Any]:
+    """The one road after the training data is ready (pseudo anomalies or an auxiliary dataset): build the
+    detector, ``fit`` it (returns the selected epoch's record), evaluate the selected checkpoint on ``test``
+    (maps, the detector's own image scores if it has them, F1-max thresholds), log the panels and write
+    ``metrics.json`` (the shared keys plus ``extra(selected)``) and ``done``."""
     tracker = Tracker(run_dir, cfg, cfg.logger)
     exit_code = 1
     try:
         device = resolve_device(cfg.device)
         trainer = make_trainer(cfg.detector, run_dir, device, int(cfg.seed),
                                on_epoch=lambda e, r: tracker.log(r, step=e))
-        result = trainer.fit(train, test, resume=bool(cfg.resume), val=val)
-        tracker.log_image("synthesis", synthesis_panel(prep.normals, pseudo, pseudo_masks, normal_index,
-                                                       n=int(cfg.n_panels)),
-                          caption=f"{cfg.synthesizer.display_name}: normal | pseudo anomaly | mask")
-        selected = result["selected"]
-        model = trainer.load_selected()
-        maps, scores = trainer.predict_scored(model, test.images)  # scores: HeadCLIP's joint score, else None
+        selected = fit(trainer)
+        if after_fit is not None:
+            after_fit(tracker)
+        maps, scores = trainer.predict_scored(trainer.load_selected(), test.images)  # scores: HeadCLIP's, else None
         evaluation = trainer.score(maps, test, scores)  # the selected model's F1-max thresholds, skipped metrics
         tracker.log_image("samples", prediction_panel(prep.test_images, prep.test_masks, maps.numpy(),
                                                       prep.test_names, n=int(cfg.n_panels),
                                                       labels=prep.test_labels, has_mask=prep.test_has_mask),
                           caption="test image | ground truth | anomaly map")
-        choices, stats = hydra_choices(), read_stats(cache_dir)
+        choices = hydra_choices()
         metrics = {
             "dataset": data.dataset, "category": data.category,
             "synthesizer": cfg.synthesizer.name, "display_name": cfg.synthesizer.display_name,
@@ -288,19 +320,11 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "metrics": reported_metrics(selected, evaluation),
             "thresholds": evaluation.thresholds,  # F1-max on the test set: scripts/predict.py's defaults
             "skipped": skipped_metrics(evaluation, cfg.detector.selection),
-            "n_train_normal": len(train.normals), "n_pseudo": len(train.pseudo), "n_test": len(prep.test_images),
+            **extra(selected),
             "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, choices),
-            "label_fidelity": label_fidelity_summary(cfg.fidelity, prep.normals, pseudo, pseudo_masks,
-                                                     normal_index, cache_dir),
-            "synthesis": {k: stats[k] for k in ("n", "redrawn")},
-            # DRAEM / GLASS anomaly-source textures ("dtd" / "dtd_mini"); null for synthesizers without
-            "texture_source": cfg.synthesizer.get("texture_source"),
             "budget": choices.get("budget", "paper"),
             "detector": detector_name(cfg, choices),
         }
-        if val is not None:
-            metrics["val"] = {"score": selected["val_selection_score"], "n_images": len(val.images),
-                              "n_normal": sum(n.startswith("val_normal/") for n in val.names)}
         write_json(run_dir / "metrics.json", metrics)
         tracker.summary({k: v for k, v in metrics["metrics"].items() if v is not None})
         (run_dir / "done").write_text("ok\n")
@@ -328,37 +352,11 @@ def _run_auxiliary_job(cfg: DictConfig, run_dir: Path, identity: dict[str, Any],
     record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {**_data_digests(data), "auxiliary": aux.identity()})
     test = _eval_set(prep)
-    tracker = Tracker(run_dir, cfg, cfg.logger)
-    exit_code = 1
-    try:
-        device = resolve_device(cfg.device)
-        trainer = make_trainer(cfg.detector, run_dir, device, int(cfg.seed),
-                               on_epoch=lambda e, r: tracker.log(r, step=e))
-        selected = trainer.fit_auxiliary(aux, test, resume=bool(cfg.resume))["selected"]
-        maps, scores = trainer.predict_scored(trainer.load_selected(), test.images)
-        evaluation = trainer.score(maps, test, scores)
-        tracker.log_image("samples", prediction_panel(prep.test_images, prep.test_masks, maps.numpy(),
-                                                      prep.test_names, n=int(cfg.n_panels),
-                                                      labels=prep.test_labels, has_mask=prep.test_has_mask),
-                          caption="test image | ground truth | anomaly map")
-        choices = hydra_choices()
-        metrics = {
-            "dataset": data.dataset, "category": data.category,
-            "synthesizer": cfg.synthesizer.name, "display_name": cfg.synthesizer.display_name,
-            "selection": cfg.detector.selection, "selected_epoch": selected["epoch"],
-            "metrics": reported_metrics(selected, evaluation),
-            "thresholds": evaluation.thresholds,
-            "skipped": skipped_metrics(evaluation, cfg.detector.selection),
-            "n_test": len(prep.test_images),  # what it trained on: "auxiliary" below
-            "device": str(device), "seed": int(cfg.seed), "choices": recorded_choices(cfg, choices),
-            "train_on": "auxiliary", "auxiliary": aux.describe(),
-            "budget": choices.get("budget", "paper"),
-            "detector": detector_name(cfg, choices),
-        }
-        write_json(run_dir / "metrics.json", metrics)
-        tracker.summary(metrics["metrics"])
-        (run_dir / "done").write_text("ok\n")
-        exit_code = 0
-        return metrics
-    finally:
-        tracker.finish(exit_code)
+
+    def fit(trainer: DetectorTrainer) -> dict[str, Any]:
+        return trainer.fit_auxiliary(aux, test, resume=bool(cfg.resume))["selected"]
+
+    def extra(selected: dict[str, Any]) -> dict[str, Any]:  # what it trained on: "auxiliary"
+        return {"n_test": len(prep.test_images), "train_on": "auxiliary", "auxiliary": aux.describe()}
+
+    return _train_evaluate_record(cfg, run_dir, data, prep, test, fit, extra)
