@@ -56,6 +56,9 @@ def test_budgets(tmp_path):
     cpu = _compose(["budget=cpu", "dataset=bsdata"], tmp_path)
     assert (cpu.dataset.image_size, cpu.detector.model.base_width) == (128, 16)
     assert (cpu.detector.epochs, cpu.detector.samples_per_epoch, cpu.detector.eval_every) == (12, 200, 4)
+    long = _compose(["budget=cpu_long", "dataset=bsdata"], tmp_path)
+    assert (long.dataset.image_size, long.detector.model.base_width) == (128, 16)
+    assert (long.detector.epochs, long.detector.samples_per_epoch, long.detector.eval_every) == (30, 240, 5)
     bs = _compose(["experiment=bsdata"], tmp_path)
     assert bs.dataset.name == "bsdata" and bs.detector.epochs == 12 and bs.dataset.image_size == 128
     assert bs.hydra.sweeper.params.seed == "0,1,2"
@@ -74,7 +77,7 @@ def test_budgets(tmp_path):
 def test_budgets_leave_headclips_training_alone(tmp_path):
     """A budget's detector part is per detector (conf/budget_detector/<budget>_<detector>.yaml): HeadCLIP keeps
     its published training at every budget, which still sets the image size; the UNet's are as before."""
-    for budget, size in (("paper", 256), ("cpu", 128)):
+    for budget, size in (("paper", 256), ("cpu", 128), ("cpu_long", 128)):
         cfg = _compose([f"budget={budget}", "detector=headclip"], tmp_path)
         assert cfg.dataset.image_size == size and "model" not in cfg.detector
         assert (cfg.detector.epochs, cfg.detector.samples_per_epoch, cfg.detector.batch_size) == (15, None, 8)
