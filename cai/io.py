@@ -421,9 +421,31 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text), size_hint=len(text.encode()))
 
 
+def json_safe(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """``obj`` with every NaN / ±inf float (Python or NumPy) replaced by None, so that it is strict JSON: a bare
+    ``NaN`` (what :func:`json.dumps` writes by default) is refused by jq, JavaScript and many other readers.
+    Dicts, lists and tuples are walked; ``default`` (e.g. ``float``) converts values JSON cannot hold first."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v, default) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, default) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return obj if np.isfinite(obj) else None
+    if default is not None and not isinstance(obj, str | int | bool | type(None)):
+        return json_safe(default(obj))
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """Strict JSON as :func:`write_json` writes it (sorted keys, indented; NaN / ±inf as null, other values
+    JSON cannot hold as their ``str``)."""
+    return json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write JSON (sorted keys, indented)."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Atomically write :func:`json_text` (strict JSON: a NaN / ±inf value, e.g. a metric that was not
+    measured, is written as null; readers take null as "no value")."""
+    write_text(path, json_text(obj))
 
 
 def list_images(folder: Path) -> list[Path]:

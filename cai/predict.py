@@ -158,20 +158,31 @@ def _with_paths(node: Any, paths: dict[str, str]) -> Any:
     return node
 
 
+def _number(value: Any) -> float | None:
+    """A stored metric or threshold as a float; None for null (written for NaN: not measured) and for a NaN
+    that a file written before JSON was kept strict still holds."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
 def stored_thresholds(run: RunModel) -> dict[str, Any] | None:
-    """The thresholds evaluation stored (metrics.json["thresholds"]) or a recomputation did (thresholds.json)."""
+    """The thresholds evaluation stored (metrics.json["thresholds"]) or a recomputation did (thresholds.json);
+    a threshold that is null (or NaN) is None: there is none."""
     metrics = run.run_dir / "metrics.json"
     if metrics.is_file():
         found = json.loads(metrics.read_text()).get("thresholds")
         if found:
-            return {**found, "source": "metrics.json"}
+            return {"image": _number(found.get("image")), "pixel": _number(found.get("pixel")),
+                    "source": "metrics.json"}
     recomputed = run.run_dir / THRESHOLDS_FILE
     if recomputed.is_file():
         found = json.loads(recomputed.read_text())
         if found.get("matches_metrics_json") is False:
             log.warning("%s was recomputed with test metrics that differ from metrics.json (%s): %s",
                         recomputed, found.get("differs", "see its metrics"), DIFFERS_WHY)
-        return {"image": found.get("image"), "pixel": found.get("pixel"), "source": THRESHOLDS_FILE}
+        return {"image": _number(found.get("image")), "pixel": _number(found.get("pixel")), "source": THRESHOLDS_FILE}
     return None
 
 
@@ -201,8 +212,11 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
                            "how": "F1-max on the run's test set, recomputed by scripts/predict.py"}
     metrics_file = run.run_dir / "metrics.json"
     reported = json.loads(metrics_file.read_text()).get("metrics", {}) if metrics_file.is_file() else {}
-    differs = {k: (v, evaluation.metrics[k]) for k, v in reported.items() if v is not None
-               and k in evaluation.metrics and not math.isclose(v, evaluation.metrics[k], abs_tol=1e-9)}
+    differs = {}  # metrics.json's value (null: not measured) vs the recomputed one; both unmeasured is no difference
+    for k, v in reported.items():
+        old, now = _number(v), _number(evaluation.metrics.get(k))
+        if k in evaluation.metrics and old is not None and (now is None or not math.isclose(old, now, abs_tol=1e-9)):
+            differs[k] = (old, now)
     out["matches_metrics_json"] = not differs if reported else None
     if differs:
         out["differs"] = {k: list(v) for k, v in differs.items()}  # metrics.json's value, the recomputed one

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from cai.io import write_json, write_png, write_text
+from cai.io import json_safe, write_json, write_png, write_text
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,8 @@ class Tracker:
         if step is not None and not self._trimmed:
             self._drop_history_from(step)
         with self._history.open("a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
+            record = json_safe(record, default=float)  # strict JSON: NaN (a metric not measured) is null
+            f.write(json.dumps(record, default=float, allow_nan=False) + "\n")
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
 
