@@ -448,6 +448,26 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json_text(obj))
 
 
+def existing_file(path: str | Path, listings: dict[Path, dict[tuple[str, str], Path]] | None = None) -> Path | None:
+    """``path`` when it is a file; else the file in its folder whose name differs only in the case of the suffix
+    (``0001.PNG`` or ``0001.Png`` for ``0001.png``: archives, cameras and Windows tools write them so); else None.
+    ``listings`` (folder -> its files by (stem, lower-case suffix)) keeps folder listings for a whole dataset."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = path.parent
+    if listings is None or folder not in listings:
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        listing = {}
+        for f in files:
+            if f.is_file() and not f.name.startswith("."):
+                listing.setdefault((f.stem, f.suffix.lower()), f)
+        if listings is None:
+            return listing.get((path.stem, path.suffix.lower()))
+        listings[folder] = listing
+    return listings[folder].get((path.stem, path.suffix.lower()))
+
+
 def list_images(folder: Path) -> list[Path]:
     """Image files directly inside ``folder``, sorted by name (hidden/temporary files and folders skipped)."""
     if not folder.is_dir():
