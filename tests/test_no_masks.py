@@ -58,13 +58,14 @@ def test_folder_dataset_without_some_masks_end_to_end(tmp_path, caplog):
     best = max(evaluated, key=lambda h: h["selection_score"])
     assert metrics["selected_epoch"] == best["epoch"] and m["image_ap"] == best["image_ap"]
 
-    # tables: image columns have values, skipped pixel columns are empty, nothing breaks
+    # tables: image columns have values, skipped pixel columns say so (with the reason under the table)
     runs = collect_runs(tmp_path / "runs")
     assert run_metric(runs[0], "pixel_auroc") is None and run_metric(runs[0], "image_ap") == m["image_ap"]
     spec = TableSpec(name="mine", title="mine", runs_dir=tmp_path / "runs", datasets=["folder"],
                      metrics={"AUC": "pixel_auroc", "AP-I": "image_ap", "F1-I": "image_f1_max"})
     text = render(spec, runs)
-    assert f"{100 * m['image_ap']:.1f}" in text and "CutPaste" in text
+    assert f"| CutPaste | skipped [1] | {100 * m['image_ap']:.1f} | {100 * m['image_f1_max']:.1f} |\n" in text
+    assert f"- [1] pixel metrics: {metrics['skipped']['pixel']}\n" in text and "Incomplete" not in text
 
     # predictions: image labels at the run's image threshold; the outline falls back to it
     summary = run_predict(compose_config("predict", [f"run={run_dir}", f"images={root / 'widget' / 'test'}",
