@@ -200,7 +200,7 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     if not reader.get("categories"):  # resolved_config.yaml leaves out the (sweep's) category list
         reader.categories = list(dict.fromkeys([str(cfg.dataset.category), *map(str, reader.get("textures") or [])]))
     data = load_category(cfg)
-    check_test_set(run, data)
+    check_evaluated_test_set(run, data)
     log.info("Recomputing the F1-max thresholds on %d test images of %s/%s", len(data.test), data.dataset,
              data.category)
     images, masks, names, labels, has_mask = read_test_set(data, run.size)
@@ -231,7 +231,7 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     return out
 
 
-def check_test_set(run: RunModel, data: Any) -> None:
+def check_evaluated_test_set(run: RunModel, data: Any) -> None:
     """The test set read now (``data``, a CategoryData) must be the one the run was evaluated on: its content
     digest in run_info.json (every test image and mask, byte for byte) must match, else CaiError. A run
     recorded before contents were has only names and sizes: those are checked and the log says that an
