@@ -25,7 +25,8 @@ class MissingTexturesError(MissingFileError, ConfigError):
 
 
 class TextureSource:
-    """The sorted ``*/*.jpg`` files under ``texture_dir``; raises :class:`MissingTexturesError` when none.
+    """The sorted ``*/*.jpg`` files (``.JPG`` too) under ``texture_dir``; raises :class:`MissingTexturesError`
+    when none.
 
     ``n_classes`` is the number of texture categories (sub-folders with images) found; below
     ``min_classes`` (the full DTD has 47; conf/textures) a warning says the source is incomplete.
@@ -33,7 +34,8 @@ class TextureSource:
 
     def __init__(self, texture_dir: str | Path, method: str, min_classes: int | None = None) -> None:
         self.root = Path(texture_dir)
-        self.paths = sorted(self.root.glob("*/*.jpg")) if self.root.is_dir() else []
+        found = self.root.glob("*/*") if self.root.is_dir() else []
+        self.paths = sorted(p for p in found if p.suffix.lower() == ".jpg")
         if not self.paths:
             raise MissingTexturesError(
                 f"{method} needs anomaly-source textures (the Describable Textures Dataset, DTD), "

@@ -48,7 +48,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from cai.errors import ConfigError, DatasetError
-from cai.io import IMAGE_SUFFIXES, list_images, read_image, read_mask, write_text
+from cai.io import IMAGE_SUFFIXES, existing_file, list_images, read_image, read_mask, write_text
 
 log = logging.getLogger(__name__)
 
@@ -463,8 +463,9 @@ def lookup_class(table: Mapping[str, Any], category: str, defect: str) -> str | 
 
 def _find_mask(gt_dir: Path, stem: str) -> Path | None:
     for name in (f"{stem}_mask.png", f"{stem}.png"):
-        if (gt_dir / name).is_file():
-            return gt_dir / name
+        found = existing_file(gt_dir / name)  # the suffix in any case (.PNG)
+        if found is not None:
+            return found
     return None
 
 
@@ -562,8 +563,8 @@ def harvest_folder(
         for img in list_images(class_dir):
             if img.stem.endswith("_mask") or img.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            mask = class_dir / f"{img.stem}_mask.png"
-            if not mask.is_file():
+            mask = existing_file(class_dir / f"{img.stem}_mask.png") or class_dir / f"{img.stem}_mask.png"
+            if not mask.is_file():  # (any case of the suffix: .PNG)
                 left_out.append(f"{img}: no mask {mask.name}")
                 continue
             rows.append(ManifestRow(img, mask, cls, canonical_source(source), group, f"folder:{root.name}"))

@@ -1,8 +1,9 @@
 """Image and mask reading with one normalisation rule, and atomic file writes.
 
 Every image enters the library as RGB ``uint8`` (H, W, 3) and every mask as ``bool`` (H, W), whatever
-the file holds (grayscale, 16-bit, RGBA, palette). Writes go to a temporary file in the same folder and
-are renamed into place, so an interrupted run never leaves a half-written file behind.
+the file holds (grayscale, 16-bit, RGBA, palette), upright as its EXIF orientation says (a phone photo).
+Writes go to a temporary file in the same folder and are renamed into place, so an interrupted run never
+leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import errno
 import json
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +31,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 def _imread_raw(path: Path) -> np.ndarray:
+    """The file's pixels as stored (depth, channels and alpha kept), turned upright as its EXIF orientation
+    says (see :func:`exif_orientation`), so an image and a mask drawn on it as viewers show it stay aligned."""
     if not path.is_file():
         raise DatasetError("Image file not found.", where=path, fix="Check the dataset root and layout.")
     data = np.fromfile(str(path), dtype=np.uint8)
@@ -39,7 +43,98 @@ def _imread_raw(path: Path) -> np.ndarray:
             where=path,
             fix="Re-download or remove this file.",
         )
-    return img
+    return apply_orientation(img, exif_orientation(data))
+
+
+# EXIF orientation (tag 0x0112) -> the array operation that shows the stored pixels upright, as every viewer,
+# OpenCV's IMREAD_COLOR and PIL's ImageOps.exif_transpose do (2: mirrored, 3: 180°, 6: stored turned 90° left, ...)
+_ORIENT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a[::-1].swapaxes(0, 1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: a[:, ::-1].swapaxes(0, 1),
+}
+
+
+def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
+    """``img`` (H, W) or (H, W, C) turned upright for EXIF ``orientation`` 1-8 (1 and unknown values: as is)."""
+    turn = _ORIENT.get(orientation)
+    return img if turn is None else np.ascontiguousarray(turn(img))
+
+
+def exif_orientation(data: np.ndarray | bytes) -> int:
+    """The EXIF orientation (1-8) of an encoded JPEG, PNG (``eXIf`` chunk) or WebP file, 1 when it has none
+    (or it cannot be parsed: never an error). Only the headers are read, nothing is decoded. TIFF is left
+    out because OpenCV's TIFF decoder already turns the image upright itself (libtiff honours the tag)."""
+    buf = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
+    try:
+        block = _exif_block(buf)
+        return _tiff_orientation(block) if block is not None else 1
+    except (struct.error, IndexError, ValueError):
+        return 1
+
+
+def _exif_block(buf: memoryview) -> memoryview | None:
+    """The TIFF-structured EXIF block of a JPEG (APP1), PNG (eXIf) or WebP (EXIF chunk), else None."""
+    head = bytes(buf[:12])
+    if head[:2] == b"\xff\xd8":  # JPEG: markers up to the scan; EXIF is the APP1 segment starting "Exif\0\0"
+        pos = 2
+        while pos + 4 <= len(buf):
+            if buf[pos] != 0xFF:
+                return None
+            marker = buf[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length
+                pos += 2
+                continue
+            if marker in (0xDA, 0xD9):  # start of scan / end of image: no EXIF before it
+                return None
+            (length,) = struct.unpack_from(">H", buf, pos + 2)
+            if marker == 0xE1 and bytes(buf[pos + 4 : pos + 10]) == b"Exif\0\0":
+                return buf[pos + 10 : pos + 2 + length]
+            pos += 2 + length
+        return None
+    if head[:8] == b"\x89PNG\r\n\x1a\n":  # PNG: chunk headers only (length, type), up to IEND
+        pos = 8
+        while pos + 8 <= len(buf):
+            length, kind = struct.unpack_from(">I4s", buf, pos)
+            if kind == b"eXIf":
+                return buf[pos + 8 : pos + 8 + length]
+            if kind == b"IEND":
+                return None
+            pos += 12 + length
+        return None
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":  # WebP: RIFF chunks, EXIF (some writers keep "Exif\0\0")
+        pos = 12
+        while pos + 8 <= len(buf):
+            kind, length = struct.unpack_from("<4sI", buf, pos)
+            if kind == b"EXIF":
+                block = buf[pos + 8 : pos + 8 + length]
+                return block[6:] if bytes(block[:6]) == b"Exif\0\0" else block
+            pos += 8 + length + (length & 1)
+    return None
+
+
+def _tiff_orientation(block: memoryview) -> int:
+    """Tag 0x0112 of IFD0 of a TIFF-structured EXIF block (1 when absent or not a valid value)."""
+    order = {b"II": "<", b"MM": ">"}.get(bytes(block[:2]))
+    if order is None:
+        return 1
+    magic, ifd = struct.unpack_from(order + "HI", block, 2)
+    if magic != 42:
+        return 1
+    (count,) = struct.unpack_from(order + "H", block, ifd)
+    for i in range(count):
+        tag, kind, _, value = struct.unpack_from(order + "HHI4s", block, ifd + 2 + 12 * i)
+        if tag == 0x0112:
+            number = struct.unpack_from(order + ("H" if kind == 3 else "I"), value)[0] if kind in (3, 4) else 1
+            return int(number) if 1 <= number <= 8 else 1
+    return 1
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -56,7 +151,8 @@ def _to_uint8(img: np.ndarray) -> np.ndarray:
 def read_image(path: str | Path) -> np.ndarray:
     """Read any image file as RGB uint8 (H, W, 3).
 
-    Grayscale is replicated to three channels, 16-bit is scaled to 8-bit, an alpha channel is dropped.
+    Grayscale is replicated to three channels, 16-bit is scaled to 8-bit, an alpha channel is dropped; an
+    EXIF orientation (JPEG, PNG, WebP; TIFF through OpenCV) turns the image as every viewer shows it.
     """
     img = _to_uint8(_imread_raw(Path(path)))
     if img.ndim == 2:
@@ -325,9 +421,51 @@ def write_text(path: str | Path, text: str) -> None:
     _atomic_write(Path(path), lambda tmp: tmp.write_text(text), size_hint=len(text.encode()))
 
 
+def json_safe(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """``obj`` with every NaN / ±inf float (Python or NumPy) replaced by None, so that it is strict JSON: a bare
+    ``NaN`` (what :func:`json.dumps` writes by default) is refused by jq, JavaScript and many other readers.
+    Dicts, lists and tuples are walked; ``default`` (e.g. ``float``) converts values JSON cannot hold first."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v, default) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v, default) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return obj if np.isfinite(obj) else None
+    if default is not None and not isinstance(obj, str | int | bool | type(None)):
+        return json_safe(default(obj))
+    return obj
+
+
+def json_text(obj: Any) -> str:
+    """Strict JSON as :func:`write_json` writes it (sorted keys, indented; NaN / ±inf as null, other values
+    JSON cannot hold as their ``str``)."""
+    return json.dumps(json_safe(obj), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomically write JSON (sorted keys, indented)."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Atomically write :func:`json_text` (strict JSON: a NaN / ±inf value, e.g. a metric that was not
+    measured, is written as null; readers take null as "no value")."""
+    write_text(path, json_text(obj))
+
+
+def existing_file(path: str | Path, listings: dict[Path, dict[tuple[str, str], Path]] | None = None) -> Path | None:
+    """``path`` when it is a file; else the file in its folder whose name differs only in the case of the suffix
+    (``0001.PNG`` or ``0001.Png`` for ``0001.png``: archives, cameras and Windows tools write them so); else None.
+    ``listings`` (folder -> its files by (stem, lower-case suffix)) keeps folder listings for a whole dataset."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = path.parent
+    if listings is None or folder not in listings:
+        files = sorted(folder.iterdir()) if folder.is_dir() else []
+        listing = {}
+        for f in files:
+            if f.is_file() and not f.name.startswith("."):
+                listing.setdefault((f.stem, f.suffix.lower()), f)
+        if listings is None:
+            return listing.get((path.stem, path.suffix.lower()))
+        listings[folder] = listing
+    return listings[folder].get((path.stem, path.suffix.lower()))
 
 
 def list_images(folder: Path) -> list[Path]:

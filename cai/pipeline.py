@@ -35,7 +35,7 @@ from cai.seeding import seed_everything
 from cai.synth.base import SynthesisContext
 from cai.synth.cache import SynthesisJob, config_hash, default_workers, load_pseudo, read_stats, run_synthesis
 from cai.synth.groups import check_synthesizer_groups, recorded_choices
-from cai.track import Tracker, manifest_digest, write_run_info
+from cai.track import Tracker, content_digest, manifest_digest, write_run_info
 from cai.validate import check_memory, check_test_set, validate_job
 from cai.viz import prediction_panel, synthesis_panel
 
@@ -168,9 +168,18 @@ def _load_for_check(cfg: DictConfig, run_dir: Path, finished: bool) -> CategoryD
 
 
 def _data_digests(data: CategoryData) -> dict[str, str]:
-    """The train / test file manifests (relative paths and sizes) recorded in run_info.json."""
-    return {"train": manifest_digest(data.train, data.root),
-            "test": manifest_digest([t.image for t in data.test], data.root)}
+    """The train / test file manifests recorded in run_info.json: relative paths and sizes (``train``,
+    ``test``) and the test set's content (``test_content``, see :func:`test_digests`)."""
+    return {"train": manifest_digest(data.train, data.root), **test_digests(data)}
+
+
+def test_digests(data: CategoryData) -> dict[str, str]:
+    """What identifies the test set a run is evaluated on: ``test`` (the images' relative paths and sizes,
+    as runs recorded it before contents were) and ``test_content`` (every test image and mask, byte for
+    byte: an image edited in place with the same size, or a replaced mask, changes it)."""
+    files = [p for t in data.test for p in (t.image, t.mask) if p is not None]
+    return {"test": manifest_digest([t.image for t in data.test], data.root),
+            "test_content": content_digest(files, data.root)}
 
 
 def _chw(images: np.ndarray) -> torch.Tensor:

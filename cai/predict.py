@@ -58,9 +58,10 @@ from cai.viz import heat
 
 log = logging.getLogger(__name__)
 
-DIFFERS_WHY = ("the test images or masks were changed in place (the test-set check covers file names and sizes "
-               "only), or another device or library version evaluates the model differently. The thresholds are "
-               "those of the model on the test set as it is read here; pass threshold=<value> to use others.")
+DIFFERS_WHY = ("another device or library version evaluates the model differently, or (for a run recorded before "
+               "test-set contents were, whose check covers file names and sizes only) the test images or masks were "
+               "changed in place. The thresholds are those of the model on the test set as it is read here; pass "
+               "threshold=<value> to use others.")
 THRESHOLDS_FILE = "thresholds.json"  # recomputed thresholds of a run finished before evaluation stored them
 DEFAULT_CHECKPOINT = Path("checkpoints") / "best.pt"
 PREDICTION_FILES = ("scores.csv", "unreadable.csv", "predict.json")  # written into the output dir
@@ -157,20 +158,31 @@ def _with_paths(node: Any, paths: dict[str, str]) -> Any:
     return node
 
 
+def _number(value: Any) -> float | None:
+    """A stored metric or threshold as a float; None for null (written for NaN: not measured) and for a NaN
+    that a file written before JSON was kept strict still holds."""
+    if value is None or isinstance(value, bool):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
 def stored_thresholds(run: RunModel) -> dict[str, Any] | None:
-    """The thresholds evaluation stored (metrics.json["thresholds"]) or a recomputation did (thresholds.json)."""
+    """The thresholds evaluation stored (metrics.json["thresholds"]) or a recomputation did (thresholds.json);
+    a threshold that is null (or NaN) is None: there is none."""
     metrics = run.run_dir / "metrics.json"
     if metrics.is_file():
         found = json.loads(metrics.read_text()).get("thresholds")
         if found:
-            return {**found, "source": "metrics.json"}
+            return {"image": _number(found.get("image")), "pixel": _number(found.get("pixel")),
+                    "source": "metrics.json"}
     recomputed = run.run_dir / THRESHOLDS_FILE
     if recomputed.is_file():
         found = json.loads(recomputed.read_text())
         if found.get("matches_metrics_json") is False:
             log.warning("%s was recomputed with test metrics that differ from metrics.json (%s): %s",
                         recomputed, found.get("differs", "see its metrics"), DIFFERS_WHY)
-        return {"image": found.get("image"), "pixel": found.get("pixel"), "source": THRESHOLDS_FILE}
+        return {"image": _number(found.get("image")), "pixel": _number(found.get("pixel")), "source": THRESHOLDS_FILE}
     return None
 
 
@@ -182,20 +194,13 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
     compared with metrics.json (a mismatch is logged). Written to ``<run>/thresholds.json`` when the
     checkpoint is the run's own ``best.pt`` (so later predictions reuse them)."""
     from cai.pipeline import _chw, load_category, read_test_set
-    from cai.track import manifest_digest
 
     cfg = OmegaConf.create(_with_paths(OmegaConf.to_container(run.cfg, resolve=False), paths))
     reader = cfg.dataset.reader
     if not reader.get("categories"):  # resolved_config.yaml leaves out the (sweep's) category list
         reader.categories = list(dict.fromkeys([str(cfg.dataset.category), *map(str, reader.get("textures") or [])]))
     data = load_category(cfg)
-    info = run.run_dir / "run_info.json"
-    if info.is_file():
-        recorded = json.loads(info.read_text()).get("data", {}).get("test")
-        if recorded and recorded != manifest_digest([t.image for t in data.test], data.root):
-            raise CaiError("The run's test set has changed since it was evaluated: thresholds found on it now would "
-                           "not be the run's.", where=Path(data.root) / data.category,
-                           fix="Restore the test images the run was evaluated on, or pass threshold=<value>.")
+    check_evaluated_test_set(run, data)
     log.info("Recomputing the F1-max thresholds on %d test images of %s/%s", len(data.test), data.dataset,
              data.category)
     images, masks, names, labels, has_mask = read_test_set(data, run.size)
@@ -207,8 +212,11 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
                            "how": "F1-max on the run's test set, recomputed by scripts/predict.py"}
     metrics_file = run.run_dir / "metrics.json"
     reported = json.loads(metrics_file.read_text()).get("metrics", {}) if metrics_file.is_file() else {}
-    differs = {k: (v, evaluation.metrics[k]) for k, v in reported.items() if v is not None
-               and k in evaluation.metrics and not math.isclose(v, evaluation.metrics[k], abs_tol=1e-9)}
+    differs = {}  # metrics.json's value (null: not measured) vs the recomputed one; both unmeasured is no difference
+    for k, v in reported.items():
+        old, now = _number(v), _number(evaluation.metrics.get(k))
+        if k in evaluation.metrics and old is not None and (now is None or not math.isclose(old, now, abs_tol=1e-9)):
+            differs[k] = (old, now)
     out["matches_metrics_json"] = not differs if reported else None
     if differs:
         out["differs"] = {k: list(v) for k, v in differs.items()}  # metrics.json's value, the recomputed one
@@ -221,6 +229,36 @@ def recompute_thresholds(run: RunModel, paths: dict[str, str]) -> dict[str, Any]
             log.warning("Could not store the thresholds in the run dir (%s); they are in predict.json only.",
                         err.what)
     return out
+
+
+def check_evaluated_test_set(run: RunModel, data: Any) -> None:
+    """The test set read now (``data``, a CategoryData) must be the one the run was evaluated on: its content
+    digest in run_info.json (every test image and mask, byte for byte) must match, else CaiError. A run
+    recorded before contents were has only names and sizes: those are checked and the log says that an
+    in-place edit would go unnoticed; a run without run_info.json cannot be checked (said in the log too)."""
+    from cai.pipeline import test_digests
+
+    info = run.run_dir / "run_info.json"
+    try:
+        recorded = (json.loads(info.read_text()).get("data") or {}) if info.is_file() else {}
+    except (OSError, ValueError, AttributeError):
+        recorded = {}
+    where = Path(data.root) / data.category
+    if not recorded.get("test_content") and not recorded.get("test"):
+        log.warning("%s records no test-set manifest: the test set at %s could not be checked against the one the "
+                    "run was evaluated on.", info, where)
+        return
+    now = test_digests(data)
+    key = "test_content" if recorded.get("test_content") else "test"
+    if recorded[key] != now[key]:
+        what = "file names, sizes or contents" if key == "test_content" else "file names or sizes"
+        raise CaiError(f"The run's test set has changed since it was evaluated (its images' or masks' {what} "
+                       "differ from run_info.json): thresholds found on it now would not be the run's.", where=where,
+                       fix="Restore the test images and masks the run was evaluated on, or pass threshold=<value>.")
+    if key == "test":
+        log.warning("%s was recorded before test-set contents were: only the test images' names and sizes could be "
+                    "checked (they match); an image edited in place with the same size, or a changed mask, would "
+                    "go unnoticed.", info)
 
 
 def _threshold_value(value: Any, key: str) -> float:

@@ -5,10 +5,12 @@ one ``failed.txt`` (its identity is read from ``.hydra/``). Runs are grouped by 
 synthesizer's display name, or the ablation choice), a dataset and the checkpoint selection, averaged over
 categories × seeds (mean ± std), and printed as "ours / paper" cells. A cell never silently averages
 fewer runs than expected: one with a failed or missing (category, seed) shows ``mean* (k/n)`` and a note
-naming what is missing; a cell with no run at all is "X". A table comes from one budget (``paper`` or
-``cpu``) and one detector (``unet`` or ``headclip``) and says so in its heading, with the selection(s);
-selections are shown side by side, never averaged together. Optionally a paired comparison (candidate −
-strongest baseline per seed) follows.
+naming what is missing; a cell with no run at all is "X". A metric family a run did not measure
+(``metrics.json["skipped"]``, e.g. pixel metrics without ground-truth masks) is neither a number nor "X":
+its cell says ``skipped [n]``, and note ``[n]`` under the table gives the reason. A table comes from one
+budget (``paper`` or ``cpu``) and one detector (``unet`` or ``headclip``) and says so in its heading, with the
+selection(s); selections are shown side by side, never averaged together. Optionally a paired comparison
+(candidate − strongest baseline per seed) follows.
 
 Beside each markdown table, :func:`write_runs_csv` writes the long table of the sweep (one CSV row per run
 dir, finished, failed or unfinished, with a ``status`` column; every metric, the dotted extras of
@@ -37,6 +39,10 @@ from omegaconf import OmegaConf
 from cai.errors import ConfigError
 
 MISSING = "X"
+SKIPPED = "skipped"  # a cell whose runs did not measure the metric (metrics.json["skipped"]); a note says why
+
+#: metrics.json["skipped"] family -> the metrics it covers (cai.metrics.PIXEL_METRICS, not imported: it needs torch)
+SKIPPED_FAMILIES: dict[str, tuple[str, ...]] = {"pixel": ("pixel_auroc", "pixel_ap", "pro", "pixel_f1_max")}
 
 
 @dataclass
@@ -84,6 +90,20 @@ def run_metric(run: dict[str, Any], key: str) -> float | None:
     metrics.json (e.g. ``label_fidelity.under``, beside AUROC / AP / PRO)."""
     value = run.get("metrics", {}).get(key) if "." not in key else _get(run, key)
     return None if value is None else float(value)
+
+
+def skipped_reason(run: dict[str, Any], key: str) -> tuple[str, str] | None:
+    """(family, reason) when the run has no value of metric ``key`` because it skipped the key's family
+    (``metrics.json["skipped"]``, e.g. ``("pixel", "no ground-truth masks for 3 of 3 anomalous test images")``),
+    else None (it has a value, or lacks one for another reason)."""
+    value = run_metric(run, key)
+    if value is not None and not math.isnan(value):
+        return None
+    skipped = run.get("skipped") if isinstance(run.get("skipped"), dict) else {}
+    for family, reason in sorted(skipped.items()):
+        if key in SKIPPED_FAMILIES.get(family, ()):
+            return str(family), str(reason)
+    return None
 
 
 def finished_run_dirs(runs_dir: Path) -> list[Path]:
@@ -338,6 +358,7 @@ class Cell:
     values: dict[Key, dict[str, float]] = field(default_factory=dict)
     failed: dict[Key, str] = field(default_factory=dict)
     dirs: dict[Key, str] = field(default_factory=dict)  # run dir of each finished value
+    skipped: dict[Key, dict[str, tuple[str, str]]] = field(default_factory=dict)  # metric -> (family, reason)
 
 
 @dataclass
@@ -414,6 +435,8 @@ def _group(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
             cell.dirs[key] = str(r.get("run_dir"))
             found = {k: run_metric(r, k) for k in spec.metrics.values()}
             cell.values[key] = {k: v for k, v in found.items() if v is not None and not math.isnan(v)}
+            why = {k: skipped_reason(r, k) for k in spec.metrics.values()}
+            cell.skipped[key] = {k: w for k, w in why.items() if w is not None}
     for (row, ds, sel), cell in cells.items():
         _check_one_config(spec, f"{row} / {ds} (selection {sel})", cell)
     for cell in cells.values():  # a (category, seed) that finished elsewhere has not failed
@@ -492,16 +515,35 @@ def _check_one_config(spec: TableSpec, label: str, cell: Cell) -> None:
                     "run dirs that are not wanted.")
 
 
-def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], scale: float) -> str:
+def _skipped_keys(cell: Cell, expected: list[Key], key: str) -> list[Key]:
+    """The finished (category, seed)s of ``cell`` that did not measure metric ``key`` (metrics.json["skipped"])."""
+    return [k for k in expected if key in cell.skipped.get(k, {})]
+
+
+def _refs(cell: Cell, expected: list[Key], key: str, refs: dict[tuple[str, str], int]) -> str:
+    """`` [1]`` / `` [1,2]``: the notes giving why runs of the cell skipped metric ``key`` ("" when none did)."""
+    numbers = sorted({refs[cell.skipped[k][key]] for k in _skipped_keys(cell, expected, key)})
+    return f" [{','.join(map(str, numbers))}]" if numbers else ""
+
+
+def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], scale: float,
+          refs: dict[tuple[str, str], int] | None = None) -> str:
     """Our cell: mean ± std (over seeds' means when there are several seeds, else over categories);
-    ``mean* (k/n)`` when runs are missing; "X" when nothing ran (or nothing finished: ``X* (0/n)``)."""
+    ``mean* (k/n)`` when runs are missing; "X" when nothing ran (or nothing finished: ``X* (0/n)``);
+    ``skipped [n]`` when every expected run finished without measuring it (the reason is note [n], from ``refs``),
+    and ``[n]`` after a mean that lacks such runs."""
     if cell is None or (not cell.values and not cell.failed):
         return MISSING
     done = [k for k in expected if k in cell.values]
     values = [scale * cell.values[k][key] for k in done if key in cell.values[k]]
-    if len(values) < len(expected):  # a run missing, or its metric NaN
-        ours = f"{statistics.fmean(values):.1f}" if values else MISSING
-        return f"{ours}* ({len(values)}/{len(expected)})"
+    skipped = _skipped_keys(cell, expected, key)
+    marks = _refs(cell, expected, key, refs or {})
+    if skipped and len(skipped) == len(expected):  # measured nowhere, by design: not missing
+        return f"{SKIPPED}{marks}"
+    if len(values) < len(expected):  # a run missing, or its metric NaN or skipped
+        nothing = SKIPPED if skipped and len(skipped) == len(done) else MISSING  # every finished run skipped it?
+        ours = f"{statistics.fmean(values):.1f}" if values else nothing
+        return f"{ours}* ({len(values)}/{len(expected)}){marks}"
     ours = f"{statistics.fmean(values):.1f}"
     if len(seeds) > 1:
         per_seed = [[scale * cell.values[k][key] for k in done if k[1] == s and key in cell.values[k]] for s in seeds]
@@ -515,15 +557,22 @@ def _ours(cell: Cell | None, key: str, expected: list[Key], seeds: list[int], sc
 
 def _gaps(cell: Cell, expected: list[Key], metrics: dict[str, str]) -> tuple[list[Key], dict[str, list[Key]]]:
     """What a cell lacks: expected (category, seed)s with no finished run, and per metric label the
-    finished runs whose value is missing or NaN."""
+    finished runs whose value is missing or NaN -- not those that skipped it, unless the cell's mean lacks
+    them (some of its runs measured it, or some did not finish): a metric skipped by every run is no gap."""
     missing = [k for k in expected if k not in cell.values]
-    no_value = {label: [k for k in expected if k in cell.values and key not in cell.values[k]]
-                for label, key in metrics.items()}
+    no_value = {}
+    for label, key in metrics.items():
+        skipped = _skipped_keys(cell, expected, key)
+        whole = len(skipped) == len(expected)
+        no_value[label] = [k for k in expected if k in cell.values and key not in cell.values[k]
+                           and not (whole and k in skipped)]
     return missing, {label: keys for label, keys in no_value.items() if keys}
 
 
-def _missing_note(label: str, cell: Cell, expected: list[Key], metrics: dict[str, str], several_seeds: bool) -> str:
-    """``- label: k/n runs; failed: a (reason); not run: b; no PRO value: c`` for an incomplete cell."""
+def _missing_note(label: str, cell: Cell, expected: list[Key], metrics: dict[str, str], several_seeds: bool,
+                  refs: dict[tuple[str, str], int] | None = None) -> str:
+    """``- label: k/n runs; failed: a (reason); not run: b; no PRO value: c`` for an incomplete cell
+    (``AUC skipped [1]: c`` for runs that did not measure it, the reason in note [1])."""
     def name(k: Key) -> str:
         return f"{k[0]} seed {k[1]}" if several_seeds else k[0]
 
@@ -535,7 +584,14 @@ def _missing_note(label: str, cell: Cell, expected: list[Key], metrics: dict[str
         parts.append("failed: " + "; ".join(failed))
     if not_run:
         parts.append("not run: " + ", ".join(not_run))
-    parts += [f"no {metric} value: " + ", ".join(map(name, keys)) for metric, keys in no_value.items()]
+    for metric, keys in no_value.items():
+        key = metrics[metric]
+        skipped = [k for k in keys if key in cell.skipped.get(k, {})]
+        other = [k for k in keys if k not in skipped]
+        if other:
+            parts.append(f"no {metric} value: " + ", ".join(map(name, other)))
+        if skipped:
+            parts.append(f"{metric} skipped{_refs(cell, skipped, key, refs or {})}: " + ", ".join(map(name, skipped)))
     return f"- {label}: " + "; ".join(parts)
 
 
@@ -547,6 +603,7 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     sels, seeds, several_seeds = table.selections, table.seeds, len(table.seeds) > 1
     rows = spec.rows or sorted({r for r, _, _ in table.cells} | {r for r, _ in paper})
     columns = [(ds, label, sel) for ds in spec.datasets for label in spec.metrics for sel in (sels or ["n/a"])]
+    refs = _skip_refs(spec, table, rows, columns)
     header = ["method"] + [f"{ds} {label}" + (f" ({sel})" if len(sels) > 1 else "") for ds, label, sel in columns]
     with_paper = spec.paper_csv is not None
     over = (f"mean over categories × seeds {', '.join(map(str, seeds))} ± std of the seeds' means" if several_seeds
@@ -554,6 +611,7 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     caption = (f"Cells: ours ({over})" + (" / paper" if with_paper else "")
                + (f", in {spec.unit}" if spec.unit else ""))
     caption += ". X = not run." + (" Lower is better." if spec.lower_is_better else "")
+    caption += f" {SKIPPED} [n] = not measured by the runs, note [n] below says why." if refs else ""
     caption += " \\* = incomplete (finished/expected runs), see below." if _incomplete(spec, table) else ""
     heading = (f"## {spec.title} (selection: {' | '.join(sels) if sels else 'n/a'}; budget: {table.budget}; "
                f"detector: {table.detector})")
@@ -561,15 +619,16 @@ def render(spec: TableSpec, runs: list[dict[str, Any]], failed: list[dict[str, A
     for row in rows:
         vals = []
         for ds, label, sel in columns:
-            ours = _ours(table.cells.get((row, ds, sel)), spec.metrics[label], table.expected[ds], seeds, spec.scale)
+            ours = _ours(table.cells.get((row, ds, sel)), spec.metrics[label], table.expected[ds], seeds, spec.scale,
+                         refs)
             if with_paper:
                 p = paper.get((row, ds), {}).get(label)
                 ours = f"{ours} / {p:.1f}" if p is not None else f"{ours} / {MISSING}"
             vals.append(ours)
         lines.append("| " + " | ".join([row, *vals]) + " |")
-    lines += _notes(spec, table)
+    lines += _notes(spec, table, refs)
     if spec.per_category:
-        lines += _per_category(spec, table)
+        lines += _per_category(spec, table, refs)
     counts: dict[str, int] = defaultdict(int)
     for (row, ds, sel), cell in sorted(table.cells.items()):
         if cell.values:
@@ -586,13 +645,37 @@ def _incomplete(spec: TableSpec, table: _Table) -> list[tuple[tuple[str, str, st
     return [(k, c) for k, c in sorted(table.cells.items()) if any(_gaps(c, table.expected[k[1]], spec.metrics))]
 
 
-def _notes(spec: TableSpec, table: _Table) -> list[str]:
-    """Footnotes: incomplete cells (what failed, what was not run), ignored runs, texture source."""
+def _skip_refs(spec: TableSpec, table: _Table, rows: list[str],
+               columns: list[tuple[str, str, str]]) -> dict[tuple[str, str], int]:
+    """Note number per distinct (family, reason) a shown run skipped a table metric for, in reading order (the
+    table's rows and columns, then the per-category lines' runs)."""
+    refs: dict[tuple[str, str], int] = {}
+    for row in rows:
+        for ds, label, sel in columns:
+            cell = table.cells.get((row, ds, sel))
+            for k in [] if cell is None else _skipped_keys(cell, table.expected[ds], spec.metrics[label]):
+                refs.setdefault(cell.skipped[k][spec.metrics[label]], len(refs) + 1)
+    if spec.per_category:
+        for run in _per_category_order(table.records):
+            for key in spec.metrics.values():
+                why = None if "failed" in run else skipped_reason(run, key)
+                if why is not None:
+                    refs.setdefault(why, len(refs) + 1)
+    return refs
+
+
+def _notes(spec: TableSpec, table: _Table, refs: dict[tuple[str, str], int] | None = None) -> list[str]:
+    """Footnotes: why metrics were not measured (once per reason), incomplete cells (what failed, what was not
+    run), ignored runs, texture source."""
     out = []
+    if refs:
+        out += ["", "Not measured (metrics.json[\"skipped\"]: the runs skipped these metrics, so they have no value):"]
+        out += [f"- [{n}] {family} metrics: {reason}" for (family, reason), n in sorted(refs.items(),
+                                                                                        key=lambda x: x[1])]
     incomplete = []
     for (row, ds, sel), cell in _incomplete(spec, table):
         label = f"{row} / {ds}" + (f" / {sel}" if len(table.selections) > 1 else "")
-        incomplete.append(_missing_note(label, cell, table.expected[ds], spec.metrics, len(table.seeds) > 1))
+        incomplete.append(_missing_note(label, cell, table.expected[ds], spec.metrics, len(table.seeds) > 1, refs))
     if incomplete:
         out += ["", "\\* Incomplete cells: the number is the mean over the runs that have a value only."]
         out += incomplete
@@ -612,18 +695,27 @@ def _notes(spec: TableSpec, table: _Table) -> list[str]:
     return out
 
 
-def _per_category(spec: TableSpec, table: _Table) -> list[str]:
+def _per_category_order(records: list[dict[str, Any]], row_field: str = "display_name") -> list[dict[str, Any]]:
+    return sorted(records, key=lambda r: (str(_get(r, row_field)), r["dataset"], str(r["category"]), _seed(r),
+                                          _selection(r)))
+
+
+def _per_category(spec: TableSpec, table: _Table, refs: dict[tuple[str, str], int] | None = None) -> list[str]:
     """One line per run (seed / selection columns only when the table has several)."""
     extra = (["seed"] if len(table.seeds) > 1 else []) + (["selection"] if len(table.selections) > 1 else [])
     header = ["method", "dataset", "category", *extra, *spec.metrics]
     lines = ["", "### Per category", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for run in sorted(table.records, key=lambda r: (str(_get(r, spec.row_field)), r["dataset"], str(r["category"]),
-                                           _seed(r), _selection(r))):
+    for run in _per_category_order(table.records, spec.row_field):
         if "failed" in run:
             vals = ["failed"] * len(spec.metrics)
         else:
-            found = [run_metric(run, k) for k in spec.metrics.values()]
-            vals = [MISSING if v is None or math.isnan(v) else f"{spec.scale * v:.1f}" for v in found]
+            vals = []
+            for k in spec.metrics.values():
+                v, why = run_metric(run, k), skipped_reason(run, k)
+                if why is not None:
+                    vals.append(f"{SKIPPED} [{(refs or {}).get(why, '?')}]")
+                else:
+                    vals.append(MISSING if v is None or math.isnan(v) else f"{spec.scale * v:.1f}")
         ids = ([str(_seed(run))] if len(table.seeds) > 1 else []) + (
             [_selection(run)] if len(table.selections) > 1 else [])
         lines.append("| " + " | ".join([str(_get(run, spec.row_field)), run["dataset"], str(run["category"]),

@@ -230,7 +230,9 @@ class RunDataConflict(ConfigError):
 
 def check_run_data(run_dir: Path, digests: dict[str, str]) -> None:
     """Compare the dataset's train/test manifest digests (``cai.track.manifest_digest``: relative paths and
-    sizes) with those ``run_info.json`` recorded when the run started training; ConfigError if they differ.
+    sizes; ``test_content``: the test images' and masks' bytes, ``cai.track.content_digest``) with those
+    ``run_info.json`` recorded when the run started training; ConfigError if they differ. Only the digests
+    the run recorded are compared (a run from before ``test_content`` existed: names and sizes).
 
     The run dir's name covers the config only, so a rerun after the images were replaced (another folder
     of the same name, a re-exported dataset) would otherwise report the old run's metrics as "Already
@@ -242,12 +244,16 @@ def check_run_data(run_dir: Path, digests: dict[str, str]) -> None:
         recorded = json.loads(path.read_text()).get("data", {})
     except (OSError, ValueError):
         return
-    changed = sorted(k for k, v in digests.items() if k in recorded and recorded[k] != v)
+    changed = [k for k, v in sorted(digests.items()) if k in recorded and recorded[k] != v]
+    if "test_content" in changed and "test" in changed:  # one change, said once (masks count too)
+        changed.remove("test")
     if changed:
+        what = {"train": "train images", "test": "test images", "test_content": "test images or masks"}
         state = "finished" if (Path(run_dir) / "done").is_file() else "started training"
         raise RunDataConflict(
-            f"This run dir {state} on other data: the {' and '.join(changed)} images differ from those "
-            f"recorded in run_info.json (file names or sizes changed), so its results would be stale.",
+            f"This run dir {state} on other data: the {' and '.join(what.get(k, k) for k in changed)} differ "
+            "from those recorded in run_info.json (file names, sizes or contents changed), so its results "
+            "would be stale.",
             where=run_dir,
             fix=f"Delete {run_dir} to run it again on the current data (or restore the old images).")
 

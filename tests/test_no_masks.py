@@ -4,8 +4,8 @@ and predictions."""
 
 from __future__ import annotations
 
+import csv
 import json
-import math
 
 import cv2
 import pytest
@@ -53,18 +53,19 @@ def test_folder_dataset_without_some_masks_end_to_end(tmp_path, caplog):
     history = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
     evaluated = [h for h in history if "selection_score" in h]
     assert len(evaluated) == 3
-    for h in evaluated:
-        assert math.isnan(h["pixel_auroc"]) and h["selection_score"] == pytest.approx(h["image_auroc"] + h["image_ap"])
+    for h in evaluated:  # a metric not measured is null (strict JSON), not NaN
+        assert h["pixel_auroc"] is None and h["selection_score"] == pytest.approx(h["image_auroc"] + h["image_ap"])
     best = max(evaluated, key=lambda h: h["selection_score"])
     assert metrics["selected_epoch"] == best["epoch"] and m["image_ap"] == best["image_ap"]
 
-    # tables: image columns have values, skipped pixel columns are empty, nothing breaks
+    # tables: image columns have values, skipped pixel columns say so (with the reason under the table)
     runs = collect_runs(tmp_path / "runs")
     assert run_metric(runs[0], "pixel_auroc") is None and run_metric(runs[0], "image_ap") == m["image_ap"]
     spec = TableSpec(name="mine", title="mine", runs_dir=tmp_path / "runs", datasets=["folder"],
                      metrics={"AUC": "pixel_auroc", "AP-I": "image_ap", "F1-I": "image_f1_max"})
     text = render(spec, runs)
-    assert f"{100 * m['image_ap']:.1f}" in text and "CutPaste" in text
+    assert f"| CutPaste | skipped [1] | {100 * m['image_ap']:.1f} | {100 * m['image_f1_max']:.1f} |\n" in text
+    assert f"- [1] pixel metrics: {metrics['skipped']['pixel']}\n" in text and "Incomplete" not in text
 
     # predictions: image labels at the run's image threshold; the outline falls back to it
     summary = run_predict(compose_config("predict", [f"run={run_dir}", f"images={root / 'widget' / 'test'}",
@@ -72,6 +73,38 @@ def test_folder_dataset_without_some_masks_end_to_end(tmp_path, caplog):
     assert summary["n_images"] == 9
     assert summary["thresholds"]["pixel"] == summary["thresholds"]["image"] == metrics["thresholds"]["image"]
     assert summary["thresholds"]["source"]["pixel"].startswith("image threshold")
+
+    # every JSON file the run and its predictions wrote is strict JSON (no bare NaN, which jq, JavaScript and many
+    # readers refuse); a threshold recomputation stores the unmeasured pixel metrics and threshold as null
+    recomputed = run_predict(compose_config("predict", [f"run={run_dir}", f"images={root / 'widget' / 'test'}",
+                                                        f"out={tmp_path / 'out2'}", "recompute_thresholds=true"],
+                                            tmp_path))
+    assert recomputed["thresholds"]["image"] == metrics["thresholds"]["image"]
+    written = [run_dir / "metrics.json", run_dir / "thresholds.json", run_dir / "run_info.json",
+               tmp_path / "out" / "predict.json", tmp_path / "out2" / "predict.json"]
+    parsed = {p: strict_json(p.read_text()) for p in written}
+    parsed.update({run_dir / f"history.jsonl:{i}": strict_json(line)
+                   for i, line in enumerate((run_dir / "history.jsonl").read_text().splitlines())})
+    saved = parsed[run_dir / "thresholds.json"]
+    assert saved["pixel"] is None and saved["metrics"]["pixel_auroc"] is None and saved["matches_metrics_json"]
+    assert saved["metrics"]["image_ap"] == m["image_ap"]
+
+    # the runs CSV beside the table: unmeasured metrics are empty cells, the reason is its own column
+    from cai.report import write_runs_csv
+
+    assert write_runs_csv(tmp_path / "runs.csv", tmp_path / "runs") == 1
+    with (tmp_path / "runs.csv").open() as f:
+        row = next(csv.DictReader(f))
+    assert row["pixel_auroc"] == "" and float(row["image_ap"]) == m["image_ap"]
+    assert row["skipped.pixel"] == metrics["skipped"]["pixel"]
+
+
+def strict_json(text: str) -> object:
+    """json.loads that refuses NaN / Infinity, as jq, JavaScript's JSON.parse and strict readers do."""
+    def refuse(constant: str) -> object:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 def test_masks_required_by_default(tmp_path):

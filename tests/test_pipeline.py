@@ -113,6 +113,38 @@ def test_finished_run_on_replaced_images_is_refused_not_reported(tmp_path):
     assert "train images differ" in err.value.message and str(run_dir) in err.value.message
 
 
+def test_finished_run_on_a_test_image_edited_in_place_is_refused_old_records_are_not(tmp_path):
+    """run_info.json's test manifest covered names and sizes only: a test image edited in place with the same size
+    (BMP) left a finished run "Already finished" with metrics of the old image. Now its content counts; a run
+    recorded before (names and sizes only) is still found finished, not refused for lacking the content."""
+    import json
+
+    from cai.pipeline import _data_digests, run_job
+    from cai.runid import RunDataConflict
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        _write(tmp_path / "d" / "part" / f"train/good/{i}.png", rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    test_image = tmp_path / "d" / "part" / "test" / "good" / "t.bmp"
+    _write(test_image, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    cfg = _folder_cfg(tmp_path, tmp_path / "d")
+    digests = _data_digests(load_category(cfg))
+    assert set(digests) == {"train", "test", "test_content"}
+    old, new = tmp_path / "old_run", tmp_path / "new_run"
+    for run_dir, recorded in ((old, {k: digests[k] for k in ("train", "test")}), (new, digests)):
+        run_dir.mkdir()
+        (run_dir / "metrics.json").write_text(json.dumps({"metrics": {"pixel_auroc": 0.5}}))
+        (run_dir / "run_info.json").write_text(json.dumps({"data": recorded}))
+        (run_dir / "done").write_text("ok\n")
+    size = test_image.stat().st_size
+    _write(test_image, rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))  # same size, other pixels
+    assert test_image.stat().st_size == size
+    with pytest.raises(RunDataConflict) as err:
+        run_job(cfg, new)
+    assert "test images or masks differ" in err.value.message and "contents" in err.value.message
+    assert run_job(cfg, old)["metrics"] == {"pixel_auroc": 0.5}
+
+
 def test_run_too_big_for_memory_stops_before_reading_images(tmp_path, monkeypatch):
     """The pipeline asks check_memory before prepare_category: no image is read, no cache is made."""
     from omegaconf import open_dict

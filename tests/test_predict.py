@@ -324,15 +324,15 @@ def test_an_unfinished_run_is_not_said_to_be_from_before_thresholds(tmp_path):
     assert "before thresholds were stored" not in err.value.message
 
 
-def _dataset_run(tmp_path: Path, dataset: str) -> tuple[Path, Path, str]:
+def _dataset_run(tmp_path: Path, dataset: str, image_suffix: str = ".png") -> tuple[Path, Path, str]:
     """A tiny MPDD (``tubes``) or BTAD (``03``) tree under tmp_path/data, an untrained run of it whose metrics.json
     predates thresholds, its test folder and the paths.data_dir override."""
     category, normal, defect, suffix = ("tubes", "good", "anomalous", "_mask") if dataset == "mpdd" else (
         "03", "ok", "ko", "")
     cat = tmp_path / "data" / dataset / category
     _images(cat / "train" / normal, ["000.png", "001.png"], size=(32, 32))
-    _images(cat / "test" / normal, ["000.png"], size=(32, 32))
-    _images(cat / "test" / defect, ["000.png", "001.png"], size=(32, 32))
+    _images(cat / "test" / normal, [f"000{image_suffix}"], size=(32, 32))
+    _images(cat / "test" / defect, [f"000{image_suffix}", f"001{image_suffix}"], size=(32, 32))
     for stem in ("000", "001"):
         mask = np.zeros((32, 32), np.uint8)
         mask[8:16, 8:20] = 255
@@ -380,6 +380,73 @@ def test_thresholds_recomputed_on_a_changed_test_set_are_not_reused_silently(tmp
         summary = run_predict(compose_config("predict", overrides, tmp_path))
     assert summary["thresholds"]["source"]["image"] == "thresholds.json"
     assert "differ from metrics.json" in caplog.text
+
+
+def _record_test_set(run_dir: Path, data: str, old_format: bool = False) -> None:
+    """run_info.json as run_job writes it for the tiny MPDD tree of :func:`_dataset_run` (``old_format``: as runs
+    recorded it before test-set contents were: names and sizes only)."""
+    from cai.pipeline import _data_digests, load_category
+
+    cfg = compose_config("config", ["logger=none", "foreground=otsu", "dataset=mpdd", "dataset.category='tubes'",
+                                    "dataset.image_size=32", data], run_dir)
+    digests = _data_digests(load_category(cfg))
+    if old_format:
+        digests = {k: digests[k] for k in ("train", "test")}
+    (run_dir / "run_info.json").write_text(json.dumps({"data": digests}))
+
+
+def test_recompute_refuses_a_test_image_edited_in_place_or_a_changed_mask(tmp_path):
+    """The test-set check covered file names and sizes only: a test image edited in place with the same byte size
+    (an uncompressed BMP, even with its old modification time) or a replaced mask passed, and thresholds were
+    recomputed on another test set than the run's, labelled as the run's own."""
+    import os
+
+    from cai.errors import CaiError
+    from cai.predict import run_predict
+
+    run_dir, test_dir, data = _dataset_run(tmp_path, "mpdd", image_suffix=".bmp")
+    _record_test_set(run_dir, data)
+    overrides = [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'out'}", "recompute_thresholds=true", data]
+    edited = test_dir / "anomalous" / "001.bmp"
+    before, stat = edited.read_bytes(), edited.stat()
+    image = cv2.imread(str(edited))
+    image[4:9, 4:9] = 255 - image[4:9, 4:9]  # a retouched defect
+    assert cv2.imwrite(str(edited), image) and edited.stat().st_size == stat.st_size and edited.read_bytes() != before
+    os.utime(edited, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(CaiError, match="test set has changed") as err:
+        run_predict(compose_config("predict", overrides, tmp_path))
+    assert "contents" in err.value.message and not (run_dir / "thresholds.json").exists()
+    edited.write_bytes(before)  # restored: accepted again
+    run_predict(compose_config("predict", overrides, tmp_path))
+    assert (run_dir / "thresholds.json").is_file()
+
+    mask_path = test_dir.parent / "ground_truth" / "anomalous" / "000_mask.png"
+    mask = np.zeros((32, 32), np.uint8)
+    mask[20:30, 2:12] = 255  # the defect outlined elsewhere
+    assert cv2.imwrite(str(mask_path), mask)
+    with pytest.raises(CaiError, match="test set has changed"):
+        run_predict(compose_config("predict", overrides, tmp_path))
+
+
+def test_a_run_recorded_with_names_and_sizes_only_is_checked_on_those_and_says_so(tmp_path, caplog):
+    """A run recorded before test-set contents were (run_info.json's ``test``: names and sizes) is not refused
+    for lacking the content digest; the log says that only names and sizes could be checked. A changed name or
+    size is still refused."""
+    import logging
+
+    from cai.errors import CaiError
+    from cai.predict import run_predict
+
+    run_dir, test_dir, data = _dataset_run(tmp_path, "mpdd", image_suffix=".bmp")
+    _record_test_set(run_dir, data, old_format=True)
+    overrides = [f"run={run_dir}", f"images={test_dir}", f"out={tmp_path / 'out'}", "recompute_thresholds=true", data]
+    with caplog.at_level(logging.WARNING, logger="cai.predict"):
+        summary = run_predict(compose_config("predict", overrides, tmp_path))
+    assert summary["thresholds"]["source"]["image"] == "recomputed"
+    assert "only the test images' names and sizes could be checked" in caplog.text
+    _images(test_dir / "anomalous", ["001.bmp"], size=(40, 32))  # another size: refused, as before
+    with pytest.raises(CaiError, match="test set has changed"):
+        run_predict(compose_config("predict", overrides, tmp_path))
 
 
 def test_images_in_a_symlinked_sub_folder_are_found_and_a_link_loop_ends(tmp_path):

@@ -559,3 +559,38 @@ def test_rows_not_run_say_why_under_the_table(tmp_path):
     text = _table(tmp_path, rows=["CAI-N", "CDM-5"], not_run={"CDM-5": "no LDM weights", "CAI-N": "unused"})
     assert "| CDM-5 | X |" in text
     assert "Not run here: CDM-5 (no LDM weights)" in text and "CAI-N (unused)" not in text  # CAI-N ran
+
+
+def test_a_skipped_metric_family_is_marked_with_its_reason_not_shown_as_a_missing_run(tmp_path):
+    """Runs without pixel ground truth skip the pixel metrics (metrics.json["skipped"]): their cells showed
+    "X* (0/3)" (as if no run had finished) and the note "no AUC value". Now the cell says skipped with a note number,
+    each distinct reason is one note under the table, and a mean that lacks skipped runs is marked incomplete."""
+    all_masks = "no ground-truth masks for 3 of 3 anomalous test images"
+    some = "no ground-truth masks for 2 of 5 anomalous test images"
+    none = {"pixel_auroc": None, "pro": None}
+    for cat, why, ap in (("bottle", all_masks, 0.5), ("cable", all_masks, 0.6), ("capsule", some, 0.7)):
+        _rec(tmp_path, f"cp-{cat}", "CutPaste", cat, {**none, "image_ap": ap}, skipped={"pixel": why})
+    _rec(tmp_path, "cai-bottle", "CAI-N", "bottle", {"pixel_auroc": 0.9, "pro": float("nan"), "image_ap": 0.6},
+         skipped={})
+    _rec(tmp_path, "cai-cable", "CAI-N", "cable", {**none, "image_ap": 0.8}, skipped={"pixel": all_masks})
+    text = _table(tmp_path, metrics={"AUC": "pixel_auroc", "PRO": "pro", "AP-I": "image_ap"},
+                  rows=["CutPaste", "CAI-N"], expected={"demo": ["bottle", "cable", "capsule"]}, per_category=True)
+    assert "| CutPaste | skipped [1,2] | skipped [1,2] | 60.0 ± 10.0 |\n" in text
+    assert "| CAI-N | 90.0* (1/3) [1] | X* (0/3) [1] | 70.0* (2/3) |\n" in text
+    assert ("\n\nNot measured (metrics.json[\"skipped\"]: the runs skipped these metrics, so they have no value):\n"
+            f"- [1] pixel metrics: {all_masks}\n- [2] pixel metrics: {some}\n") in text
+    assert text.count(all_masks) == 1 and text.count(some) == 1  # once per distinct reason
+    assert ("- CAI-N / demo: 2/3 runs; not run: capsule; AUC skipped [1]: cable; no PRO value: bottle; "
+            "PRO skipped [1]: cable\n") in text
+    assert "- CutPaste / demo" not in text  # every run finished; the pixel metrics were skipped by design
+    assert "X = not run. skipped [n] = not measured by the runs, note [n] below says why." in text
+    assert "| CutPaste | demo | capsule | skipped [2] | skipped [2] | 70.0 |\n" in text
+    assert "| CAI-N | demo | bottle | 90.0 | X | 60.0 |\n" in text
+
+
+def test_skipped_families_name_the_metrics_the_evaluation_skips():
+    """report.py cannot import cai.metrics (torch) for make_table; its copy of the pixel family must not drift."""
+    from cai.metrics import PIXEL_METRICS
+    from cai.report import SKIPPED_FAMILIES
+
+    assert SKIPPED_FAMILIES == {"pixel": PIXEL_METRICS}

@@ -5,9 +5,10 @@ Each reader is built from config keywords (``name``, ``root``, ``categories``, `
 ``download``) through Hydra's ``_target_`` and turns one category into a :class:`CategoryData` of
 plain paths in a sorted, deterministic order. Anything missing or malformed on disk raises one
 :class:`DatasetError` that names the path, the expected layout and where to get the dataset, so a
-user sees what to fix instead of a stack trace. Readers check that files exist, not what they hold
-(decoding is :mod:`cai.io`'s job); KSDD2 is the exception because its normal/defect split *is* the
-content of its ground-truth masks.
+user sees what to fix instead of a stack trace. File suffixes match in any case (``.PNG``, ``.BMP``, ``.JPG``:
+images through :func:`cai.io.list_images`, masks through :func:`cai.io.existing_file`). Readers check that
+files exist, not what they hold (decoding is :mod:`cai.io`'s job); KSDD2 is the exception because its
+normal/defect split *is* the content of its ground-truth masks.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import ClassVar
 
 from cai.data.types import NORMAL, CategoryData, TestItem
 from cai.errors import ConfigError, DatasetError
-from cai.io import list_images, read_mask
+from cai.io import existing_file, list_images, read_mask
 
 
 def _preview(paths: list[Path], n: int = 3) -> str:
@@ -126,13 +127,14 @@ class MVTecReader(BaseReader):
         defects = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
         test: list[TestItem] = []
         missing: list[list[Path]] = []  # per image without a mask: every place it was looked for
+        listings: dict = {}  # ground-truth folder listings: a mask's suffix matches in any case (.PNG)
         for defect in defects:
             for image in list_images(test_dir / defect):
                 if defect == self.normal_dir:
                     test.append(TestItem(image=image, defect=NORMAL))
                     continue
                 candidates = self.mask_candidates(cat_dir, defect, image)
-                mask = next((m for m in candidates if m.is_file()), None)
+                mask = next((found for m in candidates if (found := existing_file(m, listings)) is not None), None)
                 if mask is None:
                     if not self.masks_required:  # no pixel ground truth: image metrics only
                         test.append(TestItem(image=image, defect=defect))
@@ -296,7 +298,9 @@ class KSDD2Reader(BaseReader):
         images = [p for p in list_images(folder) if not p.stem.endswith(self.gt_suffix)]
         if not images:
             raise self.error(f"KSDD2 {split} folder holds no images.", folder)
-        masks = [p.with_name(f"{p.stem}{self.gt_suffix}.png") for p in images]
+        expected = [p.with_name(f"{p.stem}{self.gt_suffix}.png") for p in images]
+        listings: dict = {}
+        masks = [existing_file(m, listings) or m for m in expected]  # the suffix in any case (.PNG)
         missing = [m for m in masks if not m.is_file()]
         if missing:
             raise self.error(

@@ -46,7 +46,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from cai.errors import CaiError, StorageError
-from cai.io import read_image, read_mask, write_json, write_png, write_text
+from cai.io import json_text, read_image, read_mask, write_json, write_png, write_text
 from cai.runid import RunDirLock
 from cai.seeding import item_rng
 from cai.synth.base import Synthesizer, check_output
@@ -220,7 +220,7 @@ def verify_key(directory: Path, key_payload: dict[str, Any]) -> None:
     if not path.is_file():
         return
     stored = json.loads(path.read_text())
-    expected = json.loads(json.dumps(key_payload, default=str))
+    expected = json.loads(json_text(key_payload))  # as write_json stored it
     if stored != expected:
         differ = sorted(k for k in set(stored) | set(expected) if stored.get(k) != expected.get(k))
         raise CaiError(f"The pseudo-anomaly cache entry was made for another key (differs in: {', '.join(differ)}).",

@@ -57,3 +57,11 @@ def test_texture_class_count_is_recorded_and_checked(texture_dir: Path, caplog):
     with caplog.at_level(logging.INFO, logger="baselines.textures"):
         TextureSource(texture_dir, "DRAEM", min_classes=2)
     assert "only" not in caplog.text and "6 images in 2 classes" in caplog.text
+
+
+def test_textures_with_an_upper_case_suffix_are_found(texture_dir: Path):
+    """``*/*.jpg`` missed ``.JPG`` files: a texture folder written so was reported missing or incomplete."""
+    for path in sorted(texture_dir.rglob("*.jpg"))[:3]:
+        path.rename(path.with_suffix(".JPG"))
+    src = TextureSource(texture_dir, "DRAEM")
+    assert len(src.paths) == 6 and sum(p.suffix == ".JPG" for p in src.paths) == 3

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-from PIL import Image
+from PIL import Image, ImageOps
 
 from cai.errors import DatasetError
 from cai.io import binarize_mask, list_images, read_image, read_mask, write_png
@@ -87,6 +87,73 @@ def test_list_images_sorted_and_filtered(tmp_path: Path) -> None:
     (tmp_path / "sub.png").mkdir()
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.PNG", "d.bmp"]
     assert list_images(tmp_path / "absent") == []
+
+
+# ------------------------------------------------------------------------------------ EXIF orientation
+
+
+def _with_orientation(path: Path, image: Image.Image, orientation: int, **save: object) -> Path:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes(), **save)
+    return path
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_exif_orientation_turns_the_image_as_viewers_show_it(tmp_path: Path, suffix: str, orientation: int) -> None:
+    """A phone photo stores its pixels sideways with an orientation tag; read_image ignored the tag, so the image
+    came out turned against the mask a user drew on it as every viewer shows it. Now it matches PIL's
+    ImageOps.exif_transpose (lossless PNG: exactly) and OpenCV's IMREAD_COLOR (JPEG: the same decoder)."""
+    stored = np.random.default_rng(orientation).integers(0, 256, (20, 30, 3), np.uint8)
+    path = _with_orientation(tmp_path / f"photo{suffix}", Image.fromarray(stored), orientation, quality=95)
+    got = read_image(path)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    assert got.shape == ((30, 20, 3) if orientation >= 5 else (20, 30, 3)) and got.dtype == np.uint8
+    if suffix == ".png":
+        assert np.array_equal(got, upright)
+    else:
+        assert np.array_equal(got, cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1])
+        assert np.abs(got.astype(int) - upright).max() <= 2
+
+
+def test_exif_orientation_keeps_16bit_grey_and_turns_a_mask_with_its_image(tmp_path: Path) -> None:
+    """16-bit / grey files keep their conversion rules after turning; a mask file with the same tag turns the same
+    way, so read_mask's size check against the upright image passes and the pixels stay aligned."""
+    grey = (np.arange(6 * 4, dtype=np.uint16).reshape(6, 4) * 2570)
+    path = _with_orientation(tmp_path / "g16.png", Image.fromarray(grey), 6)
+    img = read_image(path)
+    assert img.shape == (4, 6, 3) and img[..., 0].tolist() == np.rot90(grey // 257, -1).tolist()
+    stored_mask = np.zeros((6, 4), np.uint8)
+    stored_mask[0, :2] = 255  # top-left corner as stored: top-right once turned 90° clockwise
+    mask = read_mask(_with_orientation(tmp_path / "m.png", Image.fromarray(stored_mask), 6), shape=img.shape[:2])
+    assert mask.shape == (4, 6) and np.argwhere(mask).tolist() == [[0, 5], [1, 5]]
+    assert read_mask(cv2_write(tmp_path / "plain.png", stored_mask)).shape == (6, 4)  # no tag: as stored
+
+
+def test_files_without_an_orientation_read_exactly_as_before(tmp_path: Path) -> None:
+    """No tag, orientation 1 or EXIF without an orientation: the decoded pixels, unchanged (datasets stay
+    byte-identical); a malformed EXIF block is ignored, never an error."""
+    from cai.io import exif_orientation
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (7, 5, 3), np.uint8)
+    files = [cv2_write(tmp_path / f"a{s}", rgb[:, :, ::-1]) for s in (".png", ".jpg", ".bmp", ".tif")]
+    files.append(_with_orientation(tmp_path / "one.jpg", Image.fromarray(rgb), 1, quality=90))
+    camera = Image.Exif()
+    camera[0x010F] = "phone maker"  # EXIF that says nothing about orientation
+    Image.fromarray(rgb).save(tmp_path / "camera.jpg", exif=camera.tobytes(), quality=90)
+    files.append(tmp_path / "camera.jpg")
+    for path in files:
+        raw = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert read_image(path).tobytes() == np.ascontiguousarray(raw[:, :, ::-1]).tobytes(), path
+    grey16 = cv2_write(tmp_path / "g.png", rng.integers(0, 65536, (3, 4), np.uint16))
+    raw16 = cv2.imdecode(np.fromfile(grey16, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert read_image(grey16)[..., 1].tolist() == (raw16 / 257.0).round().astype(np.uint8).tolist()
+    broken = bytearray(Path(files[4]).read_bytes())
+    at = broken.find(b"Exif\0\0") + 6
+    broken[at : at + 8] = b"XX\x00\x2a\xff\xff\xff\xff"  # unknown byte order, IFD far outside the block
+    assert exif_orientation(bytes(broken)) == 1
 
 
 # ------------------------------------------------------------------------------------------- masks

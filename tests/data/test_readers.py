@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import cv2
 import pytest
 
 from cai.data.readers import BTADReader, FolderReader, KSDD2Reader, MVTecReader, VisAReader
@@ -399,3 +400,60 @@ def test_btad_mask_extensions_must_not_be_empty(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="mask_extensions"):
         btad(tmp_path, mask_extensions=[])
     assert btad(tmp_path, mask_extensions=["bmp"]).mask_extensions == (".bmp",)
+
+
+# ------------------------------------------------------------------------------- upper-case suffixes
+
+
+def _upper_suffixes(root: Path) -> None:
+    """Rename every file under ``root`` to an upper-case suffix (0001.bmp -> 0001.BMP), as cameras, Windows tools
+    and some archives write them."""
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        path.rename(path.with_suffix(path.suffix.upper()))
+
+
+def test_upper_case_suffixes_read_in_every_reader_that_looks_files_up_by_suffix(tmp_path: Path) -> None:
+    """A mask was looked up under its exact lower-case name (``<stem>_mask.png``, ``<stem>.png|.bmp``,
+    ``<stem>_GT.png``), so a tree written with ``.PNG`` / ``.BMP`` / ``.JPG`` stopped with "lack a mask" although
+    every mask was there (the images themselves were already listed in any case)."""
+    root = make_btad(tmp_path / "btad", n_train=2, n_ok=1, n_ko=2)
+    _upper_suffixes(root)
+    for cat, (image_ext, mask_ext) in BTAD_EXTENSIONS.items():
+        data = btad(root).load(cat)
+        assert len(data.train) == 2 and {p.suffix for p in data.train} == {image_ext.upper()}
+        assert len(data.anomalies) == 2
+        for t in data.anomalies:
+            assert t.mask == root / cat / "ground_truth/ko" / f"{t.image.stem}{mask_ext.upper()}"
+            assert read_mask(t.mask, shape=read_image(t.image).shape[:2]).any()
+
+    folder = make_mvtec(tmp_path / "folder", defects={"crack": 2})
+    for image in sorted((folder / "bottle").rglob("*.png")):
+        if "ground_truth" not in image.parts:  # images as .JPG (a phone / camera export), masks as _mask.PNG
+            cv2.imwrite(str(image.with_suffix(".JPG")), cv2.imread(str(image)))
+            image.unlink()
+    _upper_suffixes(folder / "bottle" / "ground_truth")
+    data = FolderReader("folder", folder, categories=["bottle"], download=HINT).load("bottle")
+    assert {p.suffix for p in data.train} == {".JPG"} and len(data.anomalies) == 2
+    assert [t.mask.name for t in data.anomalies] == ["000_mask.PNG", "001_mask.PNG"]
+    assert [t.mask.name for t in mvtec(folder).load("bottle").anomalies] == ["000_mask.PNG", "001_mask.PNG"]
+
+    ksdd = make_ksdd2(tmp_path / "ksdd2", n_train_good=2, n_train_defect=1, n_test_good=1, n_test_defect=2)
+    truth = ksdd2_truth(ksdd)
+    _upper_suffixes(ksdd)
+    data = ksdd2(ksdd).load("ksdd2")
+    assert sorted(p.stem for p in data.train) == sorted(s for s, bad in truth["train"].items() if not bad)
+    assert {t.image.stem for t in data.anomalies} == {s for s, bad in truth["test"].items() if bad}
+    assert all(t.mask == t.image.with_name(f"{t.image.stem}_GT.PNG") for t in data.anomalies)
+
+
+def test_an_exact_name_wins_over_another_case_and_a_missing_mask_still_names_the_expected_file(tmp_path: Path) -> None:
+    root = make_btad(tmp_path, categories=("03",))
+    masks = root / "03/ground_truth/ko"
+    (masks / "0000.bmp").rename(masks / "0000.BMP")
+    (masks / "0001.bmp").unlink()
+    with pytest.raises(DatasetError) as exc:
+        btad(root).load("03")
+    assert_clear(exc, masks / "0001.png", "1 anomalous test image", "also looked for 0001.bmp")
+    shutil.copy(masks / "0000.BMP", masks / "0001.BMP")
+    shutil.copy(masks / "0000.BMP", masks / "0001.bmp")  # both: the exact name is the one read
+    assert [t.mask.name for t in btad(root).load("03").anomalies] == ["0000.BMP", "0001.bmp"]

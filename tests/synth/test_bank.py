@@ -190,6 +190,16 @@ def test_harvest_mvtec_layout(tmp_path: Path) -> None:
     assert any("contamination/001.png: no mask" in n for n in left_out)
 
 
+def test_harvest_mvtec_layout_finds_masks_with_an_upper_case_suffix(tmp_path: Path) -> None:
+    """``<stem>_mask.PNG`` was looked up as ``_mask.png`` only: every such anomaly was left out as "no mask"."""
+    root = _mvtec_tree(tmp_path / "mv")
+    for mask in sorted(root.rglob("*_mask.png")):
+        mask.rename(mask.with_suffix(".PNG"))
+    rows, left_out = harvest_mvtec_layout(root, _tables()["mvtec_ad"], source="mvtec")
+    assert len(rows) == 5 and all(r.mask.suffix == ".PNG" for r in rows)
+    assert [n for n in left_out if "no mask" in n] == [n for n in left_out if "contamination/001.png" in n]
+
+
 def _load_script(name: str):
     spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
