@@ -76,6 +76,11 @@ class TableSpec:
     texture_notes: dict[str, str] = field(default_factory=dict)  # texture_source -> footnote
     not_run: dict[str, str] = field(default_factory=dict)  # row -> why it is not run here (shown under its X)
 
+    def __post_init__(self) -> None:
+        # a table config may clear an inherited mapping with null (conf/table/bsdata_long.yaml: not_run: null)
+        for name in ("paper_row_map", "texture_notes", "not_run"):
+            setattr(self, name, dict(getattr(self, name) or {}))
+
 
 def _get(record: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):

@@ -39,7 +39,8 @@ def make_table(cfg: DictConfig) -> None:
         t["expected"] = dataset_categories(t["datasets"], CONF_DIR / "dataset")
     spec = TableSpec(**{**t, "runs_dir": Path(t["runs_dir"]),
                         "paper_csv": Path(t["paper_csv"]) if t.get("paper_csv") else None,
-                        "texture_notes": {**OmegaConf.to_container(cfg.texture_notes), **t.get("texture_notes", {})}})
+                        "texture_notes": {**OmegaConf.to_container(cfg.texture_notes),
+                                          **(t.get("texture_notes") or {})}})
     if not spec.runs_dir.is_dir():  # a mistyped table.runs_dir used to render an all-X table and exit 0
         raise ConfigError(f"No run directory at {spec.runs_dir}: nothing to tabulate.", where="table.runs_dir",
                           fix="Run the experiment first (see the table's make target), or point "
