@@ -30,6 +30,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,12 +264,20 @@ def runs_long_table(runs_dir: Path, source: str = "metrics.json") -> tuple[list[
     return columns, rows
 
 
-def write_runs_csv(path: Path, runs_dir: Path, source: str = "metrics.json") -> int:
+def write_runs_csv(path: Path, runs_dir: Path, source: str = "metrics.json", budget: str | None = None,
+                   detector: str | None = None) -> int:
     """Write :func:`runs_long_table` as CSV to ``path`` (atomically; empty cell = no value); returns the
-    number of runs written."""
+    number of runs written. ``budget`` / ``detector``: keep to the table's, as its markdown does (finished
+    runs of another budget or detector sharing the runs dir are left out; a run that never said is kept)."""
     from cai.io import write_text
 
+    def kept(row: dict[str, Any], key: str, of_finished: Callable[[dict[str, Any]], str], wanted: str | None) -> bool:
+        if wanted is None:
+            return True
+        return (of_finished(row) if row.get("status") == "finished" else row.get(key) or wanted) == wanted
+
     columns, rows = runs_long_table(runs_dir, source)
+    rows = [r for r in rows if kept(r, "budget", _budget, budget) and kept(r, "detector", _detector, detector)]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)

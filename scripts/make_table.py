@@ -48,7 +48,7 @@ def make_table(cfg: DictConfig) -> None:
     text = render(spec, collect_runs(spec.runs_dir, spec.source), collect_failed(spec.runs_dir))
     write_text(output, text)
     csv_path = output.with_suffix(".csv")
-    n_runs = write_runs_csv(csv_path, spec.runs_dir, spec.source)
+    n_runs = write_runs_csv(csv_path, spec.runs_dir, spec.source, budget=spec.budget, detector=spec.detector)
     print(text)
     print(f"written to {output}; every run dir ({n_runs}, with its status) to {csv_path}")
 

@@ -93,15 +93,3 @@ def test_table_configs(table, tmp_path):
     cfg = _compose([f"table={table}"], tmp_path, config_name="make_table")
     t = OmegaConf.to_container(cfg.table, resolve=True)
     assert t["metrics"] and t["datasets"] and t["output"].endswith(".md")
-    # every table config renders (here from an empty runs dir), so a value its spec cannot take
-    # (table=bsdata_long's not_run: null once crashed make_table after a 75-min sweep) fails here
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_table_script", CONF.parent / "scripts" / "make_table.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    runs, out = tmp_path / "no_runs", tmp_path / "out" / f"{table}.md"
-    runs.mkdir()
-    script.make_table(_compose([f"table={table}", f"table.runs_dir={runs}", f"table.output={out}"], tmp_path,
-                               config_name="make_table"))
-    assert f"No finished runs found in {runs}" in out.read_text()

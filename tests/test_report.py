@@ -413,7 +413,8 @@ def test_every_table_config_renders_with_no_runs(tmp_path):
             cfg.table.runs_dir, cfg.table.output = str(tmp_path / "none"), str(tmp_path / f"{path.stem}.md")
         module.make_table(cfg)
         text = (tmp_path / f"{path.stem}.md").read_text()
-        assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: n/a; detector: n/a)\n"), path.stem
+        budget = cfg.table.get("budget") or "n/a"  # a table that keeps to one budget names it
+        assert text.startswith(f"## {cfg.table.title} (selection: n/a; budget: {budget}; detector: n/a)\n"), path.stem
         assert _read_csv(tmp_path / f"{path.stem}.csv")[1] == []  # header only: no run dir
 
 
@@ -540,6 +541,19 @@ def test_runs_csv_has_one_row_per_run_dir_with_its_status(tmp_path):
     assert gravel["run_dir"] == str(runs / "cp-gravel")
     grass = by_cat["grass"]
     assert (grass["status"], grass["display_name"], grass["pixel_auroc"]) == ("unfinished", "CAI-N", "")
+
+    # runs of another budget or detector share the dir (make bsdata's and table=bsdata_long's): a table's CSV
+    # keeps to the table's budget and detector, as its markdown does; runs that never said stay
+    _rec(runs, "cai-brick-long", "CAI-N", "brick", {"pixel_auroc": 0.95}, synthesizer="cai_n", seed=0,
+         budget="cpu_long", selection="best")
+    _rec(runs, "cai-brick-clip", "CAI-N", "brick", {"pixel_auroc": 0.8}, synthesizer="cai_n", seed=0,
+         budget="cpu", selection="best", detector="headclip")
+    assert write_runs_csv(out, runs) == 6
+    assert write_runs_csv(out, runs, budget="cpu", detector="unet") == 4
+    assert sorted(r["run_dir"] for r in _read_csv(out)[1]) == sorted(str(runs / d) for d in (
+        "cai-brick", "cp-coin", "cp-gravel", "cai-grass"))
+    assert write_runs_csv(out, runs, budget="cpu_long") == 2  # the cpu_long run and the one that never said
+    assert {r["run_dir"] for r in _read_csv(out)[1]} == {str(runs / "cai-brick-long"), str(runs / "cai-grass")}
 
 
 def test_runs_csv_joins_the_table_source_metrics(tmp_path):
