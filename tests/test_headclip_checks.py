@@ -18,7 +18,6 @@ from cai.errors import CaiError, ConfigError
 from tests.conftest import compose_config
 from tests.test_e2e_headclip import TINY_DEMO, TINY_HEADCLIP
 
-
 # The default weights path (conf/detector/headclip.yaml) instead of TINY_HEADCLIP's random CLIP.
 REAL_WEIGHTS = ("detector.clip.random_init=false", "detector.clip.weights=${paths.model_dir}/clip/ViT-L-14-336px.pt")
 
@@ -80,3 +79,77 @@ def test_predict_finds_the_clip_weights_under_this_machines_model_dir(tmp_path):
     assert summary["status"] == "finished" and summary["n_images"] == 2
     scores = [float(r.split(",")[1]) for r in (tmp_path / "pred" / "scores.csv").read_text().splitlines()[1:]]
     assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+# --- settings that used to fail only after synthesis (a traceback deep in torch) or give silent nonsense -----
+@pytest.mark.parametrize(("overrides", "needle"), [
+    (["detector.clip.image_size=36"], "not a multiple of the patch size 8"),
+    (["detector.dpam_layer=9"], "detector.dpam_layer=9"),
+    (["detector.dpam_layer=0"], "detector.dpam_layer=0"),
+    (["detector.feature_layers=[5]"], "detector.feature_layers"),
+    (["detector.feature_layers=[]"], "detector.feature_layers"),
+    (["detector.feature_layers=[4,4]"], "at most once"),  # would count layer 4 twice in the loss
+    (["detector.prompt.n_ctx=0"], "n_ctx >= 1"),
+    (["detector.prompt.n_ctx=20"], "context length 16"),  # RuntimeError (tensor sizes) in the prompt learner
+    (["detector.prompt.deep_depth=9"], "deep_depth=9"),
+    (["detector.prompt.normal='{} {}'"], "detector.prompt.normal"),  # IndexError in str.format
+    (["detector.sigma=-1"], "detector.sigma"),  # silently no smoothing
+    (["detector.temperature=0"], "detector.temperature"),  # NaN maps -> ValueError in the metrics
+    (["detector.temperature=-0.07"], "detector.temperature"),  # silently inverted similarities
+    (["detector.jas.pixel_weight=1.5"], "detector.jas.pixel_weight"),
+    (["detector.loss.local_weight=-1"], "detector.loss.local_weight"),  # silently trains maps to be wrong
+    (["detector.betas=[1.5,0.999]"], "detector.betas.0"),  # ValueError in torch.optim.Adam
+    (["detector.clip.mean=[0.5,0.5]"], "detector.clip.mean"),  # RuntimeError (view) in HeadCLIP
+    (["detector.clip.std=[0,1,1]"], "detector.clip.std"),  # NaN maps
+    (["detector.clip.weights=/nonexistent/clip.pt", "detector.clip.random_init=false"], "are not at"),
+    (["detector.clip.weights=/nonexistent/clip.pt"], "random_init=true asks for a random CLIP"),
+    (["detector.clip.random_init=false"], "No CLIP weights file"),
+    (["detector.clip.model=NoSuchCLIP", "detector.clip.model_config=null"], "no model config named"),
+])
+def test_bad_headclip_settings_stop_before_any_work(tmp_path, overrides, needle):
+    from cai.pipeline import run_job
+
+    cfg = _cfg(tmp_path, *overrides)
+    with pytest.raises(CaiError) as err:
+        run_job(cfg, tmp_path / "run")
+    assert needle in err.value.message, err.value.message
+    assert not (tmp_path / "cache").exists()  # no demo data written, nothing synthesized
+    assert not (tmp_path / "run" / "resolved_config.yaml").exists()
+
+
+def test_good_headclip_settings_pass_the_upfront_checks(tmp_path):
+    from cai.validate import validate_job
+
+    validate_job(_cfg(tmp_path), tmp_path / "run")  # TINY_HEADCLIP's random CLIP
+    _tiny_clip_file(tmp_path)
+    validate_job(_cfg(tmp_path, *REAL_WEIGHTS, "detector.dpam_layer=1", "detector.feature_layers=[1,4]",
+                      "detector.sigma=0", "detector.prompt.deep_depth=1", "detector.jas.pixel_weight=1"),
+                 tmp_path / "run")
+
+
+def test_the_clip_shape_read_from_the_model_config_is_the_built_models():
+    """The up-front checks read the CLIP's shape from its open_clip config (no weights, no model built); it
+    must be what HeadCLIP sees in the built model."""
+    from cai.detect.headclip import ClipShape, build_clip
+
+    clip_cfg = compose_config("config", ["detector=headclip", *TINY_HEADCLIP], Path("/tmp")).detector.clip
+    assert ClipShape.of_config(clip_cfg) == ClipShape.of_model(build_clip(clip_cfg)) == ClipShape(4, 4, 8, 2, 16)
+    default = compose_config("config", ["detector=headclip"], Path("/tmp")).detector.clip
+    assert ClipShape.of_config(default) == ClipShape(24, 16, 14, 12, 77)  # ViT-L/14@336: AnomalyCLIP's defaults fit
+
+
+def test_a_weights_file_of_another_clip_stops_with_what_it_holds(tmp_path):
+    """A state dict of another model config used to raise torch's RuntimeError (size mismatch) at build time."""
+    from cai.detect.headclip import build_clip
+
+    other = "detector.clip.model_config={embed_dim:32,vision_cfg:{image_size:32,layers:2,width:64,patch_size:8," \
+            "head_width:16},text_cfg:{context_length:16,vocab_size:49408,width:32,heads:2,layers:2}}"
+    path = tmp_path / "models" / "clip" / "ViT-L-14-336px.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(build_clip(_cfg(tmp_path, other, "detector.dpam_layer=2", "detector.feature_layers=[2]")
+                          .detector.clip).state_dict(), path)
+    with pytest.raises(ConfigError, match="does not hold the weights of"):
+        build_clip(_cfg(tmp_path, *REAL_WEIGHTS).detector.clip)
+    path.write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="does not hold the weights of"):
+        build_clip(_cfg(tmp_path, *REAL_WEIGHTS).detector.clip)

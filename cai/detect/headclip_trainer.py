@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cai.detect.auxiliary import AuxiliaryData
-from cai.detect.headclip import HeadCLIP, HeadCLIPLoss, build_clip
+from cai.detect.headclip import HeadCLIP, HeadCLIPLoss, build_clip, check_config
 from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet
 from cai.errors import CaiError, ConfigError
 from cai.io import save_torch
@@ -46,6 +46,11 @@ class HeadCLIPTrainer(DetectorTrainer):
     def from_config(cls, cfg: DictConfig, run_dir: Path, device: torch.device, seed: int,
                     on_epoch: Callable[[int, dict], None] | None = None) -> HeadCLIPTrainer:
         return cls(cfg, run_dir, device, seed, on_epoch=on_epoch)
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """HeadCLIP's settings and weights file (:func:`cai.detect.headclip.check_config`), before any work."""
+        check_config(cfg)
 
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, seed: int,
                  on_epoch: Callable[[int, dict], None] | None = None) -> None:
