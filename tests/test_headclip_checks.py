@@ -153,3 +153,57 @@ def test_a_weights_file_of_another_clip_stops_with_what_it_holds(tmp_path):
     path.write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="does not hold the weights of"):
         build_clip(_cfg(tmp_path, *REAL_WEIGHTS).detector.clip)
+
+
+# --- the auxiliary protocol ---------------------------------------------------------------------------------
+def _aux(tmp_path: Path, category: str, *extra: str):
+    from tests.test_e2e_headclip import _aux_cfg
+
+    return _aux_cfg(tmp_path, category, *extra)
+
+
+@pytest.mark.parametrize("copy", [False, True])
+def test_a_target_whose_test_images_are_auxiliary_training_images_is_refused(tmp_path, copy):
+    """dataset=folder pointed at the auxiliary dataset's own folder (or a copy of it) used to train on the
+    target's test images and report its "zero-shot" numbers (check_train_on compares dataset names only)."""
+    import shutil
+
+    from cai.detect.auxiliary import AuxiliaryData
+    from cai.pipeline import run_job
+
+    AuxiliaryData(_aux(tmp_path, "coin"))  # writes the auxiliary demo data (demo/coin) into the cache
+    root = tmp_path / "cache" / "demo_data"
+    if copy:
+        shutil.copytree(root / "coin", tmp_path / "copy" / "coin")
+        root = tmp_path / "copy"
+    cfg = _aux(tmp_path, "coin", f"dataset.reader.root={root}")
+    with pytest.raises(ConfigError, match="also training images of the auxiliary dataset demo") as err:
+        run_job(cfg, tmp_path / "runs" / "coin")
+    assert "not zero-shot" in err.value.message
+    assert not (tmp_path / "cache" / "headclip_auxiliary").exists()  # nothing trained
+
+
+def test_the_shared_auxiliary_training_key_covers_amp_and_images_rewritten_in_place(tmp_path):
+    """amp trains in bf16 on CUDA (other parameters), and an auxiliary image rewritten with the same size is
+    other training data: neither may reuse a shared training made without it."""
+    import os
+
+    from cai.detect.auxiliary import AuxiliaryData
+    from cai.detect.headclip_trainer import HeadCLIPTrainer
+    from tests.test_e2e_headclip import _factory
+
+    _factory(tmp_path / "factory", ("part",))
+
+    def key(*extra: str) -> dict:
+        cfg = _aux(tmp_path, "part", *extra)
+        trainer = HeadCLIPTrainer(cfg.detector, tmp_path / "run", torch.device("cpu"), 0)
+        return trainer.training_key(AuxiliaryData(cfg))
+
+    base = key()
+    assert key("detector.amp=false") != base
+    assert key("detector.sigma=2", "detector.jas.pixel_weight=0") == base  # evaluation only: shared
+    image = next((tmp_path / "cache" / "demo_data" / "coin" / "test").rglob("*.png"))
+    data, stat = image.read_bytes(), image.stat()
+    image.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert key() != base

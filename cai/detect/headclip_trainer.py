@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 
 PROMPT_INIT_STREAM = 16  # torch_generator(seed, 16): the prompt initialisation's own random stream
 # Settings that change only how a trained model is evaluated, not what it learns (auxiliary training key).
+# ``amp`` is not one of them: on CUDA it trains in bf16, which learns other parameters.
 EVAL_ONLY_KEYS = ("selection", "val_fraction", "eval_every", "eval_batch_size", "pro_fpr_limit", "sigma", "jas",
-                  "amp", "compile", "channels_last", "train_on")
+                  "compile", "channels_last", "train_on")
 
 
 class HeadCLIPTrainer(DetectorTrainer):
