@@ -207,3 +207,43 @@ def test_the_shared_auxiliary_training_key_covers_amp_and_images_rewritten_in_pl
     image.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # same size, other bytes
     os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     assert key() != base
+
+
+# --- the CLIP weights file replaced under a run -------------------------------------------------------------
+def test_parameters_learned_on_one_clip_file_are_never_used_with_another_at_the_same_path(tmp_path):
+    """The run's identity holds the weights *path*; a file replaced there used to be paired silently with
+    the prompts and head weights learned on the old one: on resume, and in predict / heat maps afterwards."""
+    from cai.detect import trainer as trainer_module
+    from cai.pipeline import run_job
+    from cai.predict import load_run
+
+    path = _tiny_clip_file(tmp_path, seed=3)
+    cfg = _cfg(tmp_path, *REAL_WEIGHTS, "detector.epochs=2")
+    original = trainer_module.DetectorTrainer.train_epoch
+
+    def interrupted(self, model, forward, opt, train, epoch):  # killed during the second epoch
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, model, forward, opt, train, epoch)
+
+    trainer_module.DetectorTrainer.train_epoch = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_job(cfg, tmp_path / "run")
+    finally:
+        trainer_module.DetectorTrainer.train_epoch = original
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    kept = path.read_bytes()
+    _tiny_clip_file(tmp_path, seed=4)  # another CLIP of the same architecture, same name and size
+    assert path.stat().st_size == len(kept) and path.read_bytes() != kept
+    with pytest.raises(ConfigError, match="the file was replaced"):
+        run_job(_cfg(tmp_path, *REAL_WEIGHTS, "detector.epochs=2"), tmp_path / "run")
+
+    path.write_bytes(kept)  # the original weights back: the run resumes and finishes
+    metrics = run_job(_cfg(tmp_path, *REAL_WEIGHTS, "detector.epochs=2"), tmp_path / "run")
+    assert metrics["selected_epoch"] == 2
+    paths = {"cache_dir": str(tmp_path / "cache"), "model_dir": str(tmp_path / "models")}
+    assert load_run(tmp_path / "run", device="cpu", paths=paths).model is not None
+    _tiny_clip_file(tmp_path, seed=4)
+    with pytest.raises(ConfigError, match="the file was replaced"):
+        load_run(tmp_path / "run", device="cpu", paths=paths)
