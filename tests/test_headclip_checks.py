@@ -84,6 +84,8 @@ def test_predict_finds_the_clip_weights_under_this_machines_model_dir(tmp_path):
 # --- settings that used to fail only after synthesis (a traceback deep in torch) or give silent nonsense -----
 @pytest.mark.parametrize(("overrides", "needle"), [
     (["detector.clip.image_size=36"], "not a multiple of the patch size 8"),
+    (["detector.clip.image_size=32.5"], "detector.clip.image_size must be a whole number"),  # silently 32
+    (["detector.auxiliary.image_size=0"], "detector.auxiliary.image_size"),  # cv2 error in the auxiliary data
     (["detector.dpam_layer=9"], "detector.dpam_layer=9"),
     (["detector.dpam_layer=0"], "detector.dpam_layer=0"),
     (["detector.feature_layers=[5]"], "detector.feature_layers"),

@@ -223,10 +223,11 @@ class ClipShape:
 
 
 def _number(cfg: DictConfig, key: str, low: float | None = None, high: float | None = None,
-            low_open: bool = False, high_open: bool = False, fix: str = "") -> float:
-    """``detector.<key>`` as a finite number within the given bounds, else a ConfigError naming them."""
+            low_open: bool = False, high_open: bool = False, fix: str = "", whole: bool = False) -> float:
+    """``detector.<key>`` as a finite number (``whole``: an integer) within the given bounds, else a
+    ConfigError naming them."""
     value = OmegaConf.select(cfg, key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) and np.isfinite(value)
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -235,7 +236,8 @@ def _number(cfg: DictConfig, key: str, low: float | None = None, high: float | N
         lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
         hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
         need = " and ".join(x for x in (lo, hi) if x) or "finite"
-        raise ConfigError(f"detector.{key} must be a number {need}, got {value!r}.", where=f"detector.{key}",
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"detector.{key} must be {kind} {need}, got {value!r}.", where=f"detector.{key}",
                           fix=fix or f"Leave detector.{key} at its default (conf/detector/headclip.yaml).")
     return float(value)
 
@@ -301,7 +303,9 @@ def check_config(cfg: DictConfig) -> None:
     settings fit the CLIP's model config. ``validate_job`` calls it before any synthesis, so a bad value
     stops with one clear message instead of a traceback after hours of work."""
     clip_cfg = cfg.clip
-    _number(cfg, "clip.image_size", 1, fix="AnomalyCLIP: detector.clip.image_size=518.")
+    _number(cfg, "clip.image_size", 1, whole=True, fix="AnomalyCLIP: detector.clip.image_size=518.")
+    if cfg.get("auxiliary") is not None:  # the size auxiliary images are read at (train_on=auxiliary)
+        _number(cfg, "auxiliary.image_size", 1, whole=True, fix="detector.auxiliary.image_size=${..clip.image_size}")
     for key in ("mean", "std"):
         values = clip_cfg.get(key)
         ok = (values is not None and len(values) == 3
