@@ -253,11 +253,14 @@ def _run_job(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     write_hydra_files(run_dir, cfg)
     seed_everything(int(cfg.seed))
     data = load_category(cfg) if data is None else data
+    aux = AuxiliaryData(cfg) if train_on(cfg) == "auxiliary" else None
+    if aux is not None:
+        aux.check_disjoint(data)  # the target's test images must not be auxiliary training images
     check_memory(cfg, len(data.train), len(data.test))  # before any image is read
     prep = prepare_category(cfg, data)
     check_test_set(prep.test_labels, Path(data.root) / data.category)
-    if train_on(cfg) == "auxiliary":  # HeadCLIP's zero-shot protocol: another dataset's annotated anomalies
-        return _run_auxiliary_job(cfg, run_dir, identity, data, prep)
+    if aux is not None:  # HeadCLIP's zero-shot protocol: another dataset's annotated anomalies
+        return _run_auxiliary_job(cfg, run_dir, identity, data, prep, aux)
     cache_dir, pseudo, pseudo_masks, normal_index = synthesize(cfg, prep)
     record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {
@@ -354,10 +357,9 @@ def _eval_set(prep: PreparedCategory) -> EvalSet:
 
 
 def _run_auxiliary_job(cfg: DictConfig, run_dir: Path, identity: dict[str, Any], data: CategoryData,
-                       prep: PreparedCategory) -> dict[str, Any]:
+                       prep: PreparedCategory, aux: AuxiliaryData) -> dict[str, Any]:
     """``detector.train_on=auxiliary``: no synthesis; the detector is trained once on the auxiliary dataset's
     annotated test images (shared by every target category, cai/detect/auxiliary.py) and evaluated here."""
-    aux = AuxiliaryData(cfg)
     record_run_config(run_dir, identity)
     write_run_info(run_dir, REPO_ROOT, {**_data_digests(data), "auxiliary": aux.identity()})
     test = _eval_set(prep)

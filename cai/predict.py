@@ -113,10 +113,12 @@ class RunModel:
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: str = "auto",
-             batch_size: int | None = None) -> RunModel:
+             batch_size: int | None = None, paths: dict[str, str] | None = None) -> RunModel:
     """The run's resolved config and detector; ``checkpoint`` (absolute or relative to the run dir)
     defaults to ``checkpoints/best.pt``, the model its evaluation selected; ``batch_size`` defaults to
-    the run's ``detector.eval_batch_size`` (the evaluation's batches)."""
+    the run's ``detector.eval_batch_size`` (the evaluation's batches). ``paths`` (this machine's
+    ``paths.*``) replace the ``<paths.x>`` placeholders of resolved_config.yaml, so a detector that reads a
+    file at build time finds it here (HeadCLIP's ``detector.clip.weights: <paths.model_dir>/clip/...``)."""
     run_dir = Path(run_dir).expanduser()
     config = run_dir / RESOLVED_CONFIG
     if not config.is_file():
@@ -132,6 +134,8 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None, device: 
         raise MissingFileError("The checkpoint is missing.", where=ckpt,
                                fix="Pass checkpoint=<path to a .pt written by this run> (default checkpoints/best.pt).")
     cfg = OmegaConf.load(config)
+    if paths:
+        cfg = OmegaConf.create(_with_paths(OmegaConf.to_container(cfg, resolve=False), paths))
     if batch_size is not None:
         cfg.detector.eval_batch_size = int(batch_size)
     device_ = resolve_device(device)
@@ -560,12 +564,12 @@ def run_predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("No run dir given.", fix="Pass run=<run dir> (make predict RUN=<run dir> IMAGES=<folder>).")
     if not cfg.get("images"):
         raise ConfigError("No images given.", fix="Pass images=<folder of images> (make predict ... IMAGES=<folder>).")
-    run = load_run(cfg.run, cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("batch_size"))
     paths = {}
     for key in cfg.get("paths") or {}:
         value = OmegaConf.select(cfg, f"paths.{key}", throw_on_resolution_failure=False)
         if value is not None:
             paths[key] = str(value)
+    run = load_run(cfg.run, cfg.get("checkpoint"), str(cfg.get("device", "auto")), cfg.get("batch_size"), paths)
     thresholds = choose_thresholds(run, cfg, paths)
     out = Path(cfg.out).expanduser() if cfg.get("out") else run.run_dir / "predictions"
     return predict_folder(run, cfg.images, out, thresholds, float(cfg.get("overlay_alpha", 0.5)))

@@ -63,8 +63,8 @@ def _positive_int(cfg: DictConfig, key: str, minimum: int = 1) -> int:
 
 def check_detector(cfg: DictConfig) -> None:
     """Epochs, batch sizes, samples per epoch and eval_every are positive whole numbers (samples per epoch
-    may be null: one pass over the training set); lr is positive; the selection is known (and val_fraction
-    in (0, 1) for selection=val)."""
+    may be null: one pass over the training set); lr is positive; the detector family's own checks
+    (``DetectorTrainer.check_config``); the selection is known (and val_fraction in (0, 1) for selection=val)."""
     for key in ("detector.epochs", "detector.batch_size", "detector.eval_batch_size", "detector.samples_per_epoch",
                 "detector.eval_every"):  # eval_every 0 would make selection=best silently the last epoch
         if key == "detector.samples_per_epoch" and OmegaConf.select(cfg, key) is None:
@@ -78,6 +78,9 @@ def check_detector(cfg: DictConfig) -> None:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not float(lr) > 0.0:
         raise ConfigError(f"detector.lr must be a positive number, got {lr!r}.", where="detector.lr",
                           fix="Pass e.g. detector.lr=1e-4 (the paper's) or leave it at its default.")
+    from cai.detect.trainer import trainer_class
+
+    trainer_class(cfg.detector).check_config(cfg.detector)  # e.g. HeadCLIP's values, weights file, CLIP shape
     selection = OmegaConf.select(cfg, "detector.selection")
     if selection not in SELECTIONS:
         raise ConfigError(f"detector.selection must be one of {list(SELECTIONS)}, got {selection!r}.",

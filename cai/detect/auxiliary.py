@@ -12,6 +12,7 @@ training happens once per (auxiliary data, detector config, seed) in a shared di
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from cai.data.types import CategoryData
 from cai.detect.trainer import TrainSet
 from cai.errors import ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask
@@ -97,12 +99,43 @@ class AuxiliaryData:
         self._data = [self.reader.load(c) for c in self.categories]
 
     def identity(self) -> dict[str, Any]:
-        """What identifies the training data: dataset, categories, size and the test files (names, sizes)."""
+        """What identifies the training data: dataset, categories, size and the test files (names, sizes and
+        modification times: an image or mask rewritten in place with the same size is other training data)."""
         files = [t.image for d in self._data for t in d.test] + [t.mask for d in self._data for t in d.test if t.mask]
         roots = {str(d.root) for d in self._data}
         root = Path(roots.pop()) if len(roots) == 1 else Path("/")
         return {"dataset": self.name, "categories": self.categories, "image_size": self.image_size,
-                "files": manifest_digest(files, root)}
+                "files": manifest_digest(files, root, mtime=True)}
+
+    def check_disjoint(self, target: CategoryData) -> None:
+        """Refuse a target category whose test images are auxiliary training images (the same file, or a
+        copy of it: same size and content), e.g. ``dataset=folder`` pointed at the auxiliary dataset's folder:
+        the detector would be tested on what it was trained on, and the zero-shot numbers would be leaked."""
+        aux_files = [Path(t.image) for d in self._data for t in d.test]
+        by_path = {p.resolve() for p in aux_files}
+        by_size: dict[int, list[Path]] = {}
+        for p in aux_files:
+            by_size.setdefault(p.stat().st_size, []).append(p)
+        digests: dict[Path, str] = {}
+
+        def digest(path: Path) -> str:
+            if path not in digests:
+                digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            return digests[path]
+
+        shared = []
+        for item in target.test:
+            image = Path(item.image)
+            same_size = by_size.get(image.stat().st_size, ())
+            if image.resolve() in by_path or any(digest(image) == digest(p) for p in same_size):
+                shared.append(image)
+        if shared:
+            raise ConfigError(
+                f"{len(shared)} of the {len(target.test)} test images of {target.dataset}/{target.category} are "
+                f"also training images of the auxiliary dataset {self.name} ({', '.join(self.categories)}), e.g. "
+                f"{shared[0]}: the detector would be tested on what it was trained on, not zero-shot.",
+                where="detector.auxiliary",
+                fix="Train on another dataset, or leave this category out of detector.auxiliary.categories.")
 
     def load(self) -> TrainSet:
         """Every test image of the chosen categories, resized; an anomalous image without a pixel mask is

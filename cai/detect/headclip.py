@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import copy
 import logging
+import pickle
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -97,40 +99,75 @@ def _load_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict({k: v for k, v in state.items() if k not in transient}, strict=True)
 
 
-def build_clip(clip_cfg: DictConfig, seed: int = 0) -> nn.Module:
-    """A frozen open_clip CLIP (ViT image tower) from ``detector.clip``.
-
-    Weights come from the file ``clip.weights`` only, never from the network; a missing file stops with
-    the model name, the path expected and where to get it. ``weights: null`` needs ``random_init: true``
-    (tests: a tiny CLIP of ``model_config`` seeded by ``seed``; its numbers mean nothing)."""
-    oc = _open_clip()
-    model_cfg = clip_model_config(clip_cfg)
-    if model_cfg.pop("custom_text", False) or "hf_model_name" in model_cfg.get("text_cfg", {}):
-        raise ConfigError(f"detector.clip.model={clip_cfg.model} has a custom text tower; HeadCLIP needs a CLIP "
-                          "with OpenAI's text transformer (prompts are inserted into its token embeddings).",
-                          where="detector.clip.model", fix="Use e.g. detector.clip.model=ViT-L-14-336.")
-    model_cfg["quick_gelu"] = bool(clip_cfg.quick_gelu)
+def _weights_file(clip_cfg: DictConfig) -> Path | None:
+    """The CLIP weights file ``clip.weights`` (None: a random CLIP, ``random_init: true``). Both or neither
+    given, or a file that is not there, stop with what to set."""
     weights = clip_cfg.get("weights")
     name = f"{clip_cfg.get('model')} (pretrained={clip_cfg.get('pretrained')})"
     if weights in (None, ""):
         if not clip_cfg.get("random_init"):
             raise ConfigError(f"No CLIP weights file given for {name}.", where="detector.clip.weights",
                               fix=f"Set detector.clip.weights=<file>; download it from {_download_hint(clip_cfg)}.")
+        return None
+    path = Path(str(weights))
+    if clip_cfg.get("random_init"):
+        raise ConfigError(f"detector.clip.random_init=true asks for a random CLIP, but detector.clip.weights={path} "
+                          "names a weights file: which of the two is meant is not clear.",
+                          where="detector.clip.random_init",
+                          fix="Keep detector.clip.random_init=false to use the weights file, or pass "
+                              "detector.clip.weights=null for a random CLIP (tests only).")
+    if not path.is_file():
+        raise MissingFileError(
+            f"The CLIP weights of {name} are not at {path} (HeadCLIP never downloads at run time).",
+            where=f"detector.clip.weights={path}",
+            fix=f"Download {_download_hint(clip_cfg)} and save it as {path} (or point "
+                "detector.clip.weights=<file> at your copy: OpenAI's .pt, or an open_clip .bin/.safetensors).")
+    return path
+
+
+def _clip_kwargs(clip_cfg: DictConfig) -> dict[str, Any]:
+    """``open_clip.CLIP``'s arguments for ``detector.clip``; a CLIP whose text tower is not OpenAI's (custom,
+    Hugging Face) or not read at the end-of-text token is refused: the prompts go into its token embeddings."""
+    model_cfg = clip_model_config(clip_cfg)
+    text = model_cfg.get("text_cfg") or {}
+    if (model_cfg.pop("custom_text", False) or not isinstance(text, dict) or text.get("hf_model_name")
+            or text.get("pool_type", "argmax") != "argmax"):
+        raise ConfigError(f"detector.clip.model={clip_cfg.model} has a custom text tower; HeadCLIP needs a CLIP "
+                          "with OpenAI's text transformer (prompts are inserted into its token embeddings and read "
+                          "at the end-of-text token).",
+                          where="detector.clip.model", fix="Use e.g. detector.clip.model=ViT-L-14-336.")
+    model_cfg["quick_gelu"] = bool(clip_cfg.quick_gelu)
+    return model_cfg
+
+
+def build_clip(clip_cfg: DictConfig, seed: int = 0) -> nn.Module:
+    """A frozen open_clip CLIP (ViT image tower) from ``detector.clip``.
+
+    Weights come from the file ``clip.weights`` only, never from the network; a missing file stops with
+    the model name, the path expected and where to get it, a file of another model with what differs.
+    ``weights: null`` needs ``random_init: true`` (tests: a tiny CLIP of ``model_config`` seeded by ``seed``;
+    its numbers mean nothing)."""
+    oc = _open_clip()
+    model_cfg = _clip_kwargs(clip_cfg)
+    path = _weights_file(clip_cfg)
+    if path is None:
         log.warning("HeadCLIP on a randomly initialised CLIP (detector.clip.random_init): a test set-up, its "
                     "numbers mean nothing.")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = oc.CLIP(**model_cfg)
     else:
-        path = Path(str(weights))
-        if not path.is_file():
-            raise MissingFileError(
-                f"The CLIP weights of {name} are not at {path} (HeadCLIP never downloads at run time).",
-                where=f"detector.clip.weights={path}",
-                fix=f"Download {_download_hint(clip_cfg)} and save it as {path} (or point "
-                    "detector.clip.weights=<file> at your copy: OpenAI's .pt, or an open_clip .bin/.safetensors).")
         model = oc.CLIP(**model_cfg)
-        _load_weights(model, path)
+        try:
+            _load_weights(model, path)
+        except (RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as err:
+            first = str(err).strip().splitlines()
+            raise ConfigError(
+                f"{path} does not hold the weights of detector.clip.model={clip_cfg.model} "
+                f"({(first[0] if first else type(err).__name__)[:300]}).", where=f"detector.clip.weights={path}",
+                fix="Point detector.clip.weights at that model's weights (OpenAI's .pt, or an open_clip "
+                    f".bin/.safetensors; download: {_download_hint(clip_cfg)}), or set detector.clip.model to "
+                    "the model the file holds.") from err
     if not isinstance(model.visual, oc.transformer.VisionTransformer) or model.visual.proj is None:
         raise ConfigError(f"detector.clip.model={clip_cfg.model} has no ViT image tower with a projection; "
                           "HeadCLIP re-weights ViT attention heads.", where="detector.clip.model",
@@ -142,6 +179,157 @@ def build_clip(clip_cfg: DictConfig, seed: int = 0) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+# --------------------------------------------------------------------------------------------- checks
+@dataclass(frozen=True)
+class ClipShape:
+    """What HeadCLIP's settings must fit in a CLIP: image blocks, heads and patch size; text blocks and
+    context length."""
+
+    n_layers: int
+    n_heads: int
+    patch: int
+    text_layers: int
+    context_length: int
+
+    @classmethod
+    def of_model(cls, clip: nn.Module) -> ClipShape:
+        """The shape of a built CLIP."""
+        blocks = clip.visual.transformer.resblocks
+        return cls(len(blocks), int(blocks[0].attn.num_heads), int(clip.visual.conv1.kernel_size[0]),
+                   len(clip.transformer.resblocks), int(clip.context_length))
+
+    @classmethod
+    def of_config(cls, clip_cfg: DictConfig) -> ClipShape:
+        """The shape of ``detector.clip``'s model config, without building it (open_clip's own defaults for the
+        keys it leaves out); a config that is no ViT CLIP stops here."""
+        oc = _open_clip()
+        model_cfg = _clip_kwargs(clip_cfg)
+        try:
+            vision = oc.model.CLIPVisionCfg(**(model_cfg.get("vision_cfg") or {}))
+            text = oc.model.CLIPTextCfg(**(model_cfg.get("text_cfg") or {}))
+        except TypeError as err:
+            raise ConfigError(f"detector.clip's model config is not an open_clip CLIP config ({err}).",
+                              where="detector.clip.model_config" if clip_cfg.get("model_config") is not None
+                              else "detector.clip.model",
+                              fix="Use an open_clip model name, e.g. detector.clip.model=ViT-L-14-336.") from err
+        if vision.timm_model_name or not isinstance(vision.layers, int):
+            raise ConfigError(f"detector.clip.model={clip_cfg.model} has no ViT image tower with a projection; "
+                              "HeadCLIP re-weights ViT attention heads.", where="detector.clip.model",
+                              fix="Use a ViT CLIP, e.g. detector.clip.model=ViT-L-14-336.")
+        return cls(int(vision.layers), int(vision.width) // int(vision.head_width), int(vision.patch_size),
+                   int(text.layers), int(text.context_length))
+
+
+def _number(cfg: DictConfig, key: str, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, fix: str = "", whole: bool = False) -> float:
+    """``detector.<key>`` as a finite number (``whole``: an integer) within the given bounds, else a
+    ConfigError naming them."""
+    value = OmegaConf.select(cfg, key)
+    ok = isinstance(value, int if whole else (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
+        need = " and ".join(x for x in (lo, hi) if x) or "finite"
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"detector.{key} must be {kind} {need}, got {value!r}.", where=f"detector.{key}",
+                          fix=fix or f"Leave detector.{key} at its default (conf/detector/headclip.yaml).")
+    return float(value)
+
+
+def check_prompt(n_ctx: int, deep_depth: int, deep_length: int, normal: str, abnormal: str, classname: str,
+                 text_layers: int, context_length: int) -> list[str]:
+    """The two prompt texts, ``[X]*n_ctx <state>.``; stops when the settings do not fit the text encoder:
+    too few context words or deep layers, more deep layers than text blocks, deep tokens beyond the context
+    words, a state without ``{}``-formatting, or a prompt longer than the context length (it would be cut)."""
+    if n_ctx < 1 or deep_depth < 1 or deep_length < 0:
+        raise ConfigError(f"prompt n_ctx={n_ctx}, deep_depth={deep_depth}, deep_length={deep_length}: need "
+                          "n_ctx >= 1, deep_depth >= 1, deep_length >= 0.", where="detector.prompt",
+                          fix="AnomalyCLIP: n_ctx=12, deep_depth=9, deep_length=4.")
+    if deep_depth > text_layers or (deep_depth > 1 and deep_length > n_ctx):
+        raise ConfigError(f"detector.prompt.deep_depth={deep_depth} / deep_length={deep_length} do not fit a "
+                          f"text encoder of {text_layers} blocks with n_ctx={n_ctx} context tokens.",
+                          where="detector.prompt", fix="Use deep_depth <= text blocks and deep_length <= n_ctx.")
+    texts = []
+    for key, state in (("normal", normal), ("abnormal", abnormal)):
+        try:
+            texts.append(f"{' '.join(['X'] * n_ctx)} {state.format(classname)}.")
+        except (IndexError, KeyError, ValueError) as err:
+            raise ConfigError(f"detector.prompt.{key}={state!r} is not a prompt with one {{}} for the class name "
+                              f"({err}).", where=f"detector.prompt.{key}",
+                              fix=f"e.g. detector.prompt.{key}='{'{}' if key == 'normal' else 'damaged {}'}'") from err
+    tokenizer = _open_clip().tokenizer._tokenizer
+    longest = max(len(tokenizer.encode(t)) + 2 for t in texts)  # + start and end of text
+    if longest > context_length:
+        raise ConfigError(f"The prompts take {longest} tokens with detector.prompt.n_ctx={n_ctx}, more than the text "
+                          f"encoder's context length {context_length}: their end would be cut off.",
+                          where="detector.prompt.n_ctx",
+                          fix=f"Use detector.prompt.n_ctx <= {n_ctx - (longest - context_length)} (AnomalyCLIP: 12 "
+                              "of 77).")
+    return texts
+
+
+def check_architecture(cfg: DictConfig, shape: ClipShape) -> None:
+    """``detector``'s image size, V-V blocks, feature layers and prompts against the CLIP's shape."""
+    image_size = int(cfg.clip.image_size)
+    if image_size < shape.patch or image_size % shape.patch:
+        raise ConfigError(f"detector.clip.image_size={image_size} is not a multiple of the patch size "
+                          f"{shape.patch}.", where="detector.clip.image_size",
+                          fix=f"Use a multiple of {shape.patch} (AnomalyCLIP: 518 = 37 x 14).")
+    refined = int(cfg.dpam_layer) - 1  # AnomalyCLIP DAPM_replace: blocks[-1] .. blocks[-(DPAM_layer - 1)]
+    if not 0 <= refined <= shape.n_layers:
+        raise ConfigError(f"detector.dpam_layer={cfg.dpam_layer}: V-V attention in the last {refined} blocks of "
+                          f"a {shape.n_layers}-block encoder.", where="detector.dpam_layer",
+                          fix=f"Use 1 (none) .. {shape.n_layers + 1} (AnomalyCLIP: 20 of ViT-L's 24 blocks).")
+    layers = list(cfg.feature_layers)
+    bad = [v for v in layers if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= shape.n_layers]
+    if bad or not layers or len(set(layers)) != len(layers):
+        raise ConfigError(f"detector.feature_layers={layers}: blocks are numbered 1..{shape.n_layers}, each at "
+                          "most once (a repeated one would count twice in the loss).",
+                          where="detector.feature_layers", fix=f"e.g. detector.feature_layers=[{shape.n_layers}]")
+    p = cfg.prompt
+    check_prompt(int(p.n_ctx), int(p.deep_depth), int(p.deep_length), str(p.normal), str(p.abnormal),
+                 str(p.classname), shape.text_layers, shape.context_length)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Every setting of ``detector`` (conf/detector/headclip.yaml) that needs no data and no weights: the
+    weights file is there (or a random CLIP is asked for), the numbers are in range and the structural
+    settings fit the CLIP's model config. ``validate_job`` calls it before any synthesis, so a bad value
+    stops with one clear message instead of a traceback after hours of work."""
+    clip_cfg = cfg.clip
+    _number(cfg, "clip.image_size", 1, whole=True, fix="AnomalyCLIP: detector.clip.image_size=518.")
+    if cfg.get("auxiliary") is not None:  # the size auxiliary images are read at (train_on=auxiliary)
+        _number(cfg, "auxiliary.image_size", 1, whole=True, fix="detector.auxiliary.image_size=${..clip.image_size}")
+    for key in ("mean", "std"):
+        values = clip_cfg.get(key)
+        ok = (values is not None and len(values) == 3
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in values))
+        if not ok or (key == "std" and min(values) <= 0):
+            raise ConfigError(f"detector.clip.{key} must be three numbers (RGB){', all > 0' if key == 'std' else ''}, "
+                              f"got {values}.", where=f"detector.clip.{key}",
+                              fix="Leave it at OpenAI CLIP's normalisation (conf/detector/headclip.yaml).")
+    _number(cfg, "temperature", 0, low_open=True, fix="AnomalyCLIP: detector.temperature=0.07.")
+    _number(cfg, "sigma", 0, fix="AnomalyCLIP: detector.sigma=4 (0: no smoothing).")
+    _number(cfg, "jas.pixel_weight", 0, 1, fix="detector.jas.pixel_weight=0.5 (0: AnomalyCLIP's image score).")
+    _number(cfg, "head_weights.init", fix="detector.head_weights.init=1 (the frozen encoder at the start).")
+    _number(cfg, "prompt.init_std", 0, fix="AnomalyCLIP: detector.prompt.init_std=0.02.")
+    for key in ("local_weight", "focal_gamma", "focal_smooth", "dice_smooth"):
+        _number(cfg, f"loss.{key}", 0, fix="A negative weight or exponent would reward wrong maps; leave "
+                                           f"detector.loss.{key} at its default (conf/detector/headclip.yaml).")
+    betas = cfg.get("betas")
+    if betas is None or len(betas) != 2:
+        raise ConfigError(f"detector.betas must be two numbers, got {betas}.", where="detector.betas",
+                          fix="AnomalyCLIP: detector.betas=[0.5,0.999].")
+    for i in range(2):
+        _number(cfg, f"betas.{i}", 0, 1, high_open=True, fix="AnomalyCLIP: detector.betas=[0.5,0.999].")
+    _weights_file(clip_cfg)
+    check_architecture(cfg, ClipShape.of_config(clip_cfg))
 
 
 # --------------------------------------------------------------------------------------------- learnables
@@ -181,16 +369,8 @@ class PromptLearner(nn.Module):
         super().__init__()
         oc = _open_clip()
         dim = clip.token_embedding.weight.shape[1]
-        n_blocks = len(clip.transformer.resblocks)
-        if n_ctx < 1 or deep_depth < 1 or deep_length < 0:
-            raise ConfigError(f"prompt n_ctx={n_ctx}, deep_depth={deep_depth}, deep_length={deep_length}: need "
-                              "n_ctx >= 1, deep_depth >= 1, deep_length >= 0.", where="detector.prompt")
-        if deep_depth > n_blocks or (deep_depth > 1 and deep_length > n_ctx):
-            raise ConfigError(f"detector.prompt.deep_depth={deep_depth} / deep_length={deep_length} do not fit a "
-                              f"text encoder of {n_blocks} blocks with n_ctx={n_ctx} context tokens.",
-                              where="detector.prompt", fix="Use deep_depth <= text blocks and deep_length <= n_ctx.")
-        placeholder = " ".join(["X"] * n_ctx)
-        texts = [f"{placeholder} {state.format(classname)}." for state in (normal, abnormal)]
+        texts = check_prompt(n_ctx, deep_depth, deep_length, normal, abnormal, classname,
+                             len(clip.transformer.resblocks), int(clip.context_length))
         tokens = oc.tokenize(texts, context_length=clip.context_length)
         with torch.no_grad():
             embedded = clip.token_embedding(tokens).float()
@@ -219,26 +399,13 @@ class HeadCLIP(nn.Module):
     def __init__(self, clip: nn.Module, cfg: DictConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.clip = clip
-        visual = clip.visual
-        blocks = visual.transformer.resblocks
-        self.n_layers, self.n_heads = len(blocks), int(blocks[0].attn.num_heads)
-        self.patch = int(visual.conv1.kernel_size[0])
+        shape = ClipShape.of_model(clip)
+        check_architecture(cfg, shape)
+        self.n_layers, self.n_heads, self.patch = shape.n_layers, shape.n_heads, shape.patch
         self.image_size = int(cfg.clip.image_size)
-        if self.image_size < self.patch or self.image_size % self.patch:
-            raise ConfigError(f"detector.clip.image_size={self.image_size} is not a multiple of the patch size "
-                              f"{self.patch}.", where="detector.clip.image_size",
-                              fix=f"Use a multiple of {self.patch} (AnomalyCLIP: 518 = 37 x 14).")
         refined = int(cfg.dpam_layer) - 1  # AnomalyCLIP DAPM_replace: blocks[-1] .. blocks[-(DPAM_layer - 1)]
-        if not 0 <= refined <= self.n_layers:
-            raise ConfigError(f"detector.dpam_layer={cfg.dpam_layer}: V-V attention in the last {refined} blocks of "
-                              f"a {self.n_layers}-block encoder.", where="detector.dpam_layer",
-                              fix=f"Use 1 (none) .. {self.n_layers + 1} (AnomalyCLIP: 20 of ViT-L's 24 blocks).")
         self.vv_start = self.n_layers - refined  # index of the first V-V block
         self.feature_layers = [int(v) for v in cfg.feature_layers]
-        bad = [v for v in self.feature_layers if not 1 <= v <= self.n_layers]
-        if bad or not self.feature_layers:
-            raise ConfigError(f"detector.feature_layers={self.feature_layers}: blocks are numbered 1..{self.n_layers}.",
-                              where="detector.feature_layers", fix=f"e.g. detector.feature_layers=[{self.n_layers}]")
         self.global_ln_post = bool(cfg.global_ln_post)
         self.temperature = float(cfg.temperature)
         self.sigma = float(cfg.sigma)

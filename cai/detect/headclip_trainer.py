@@ -13,6 +13,7 @@ train once on another dataset's annotated test images, then evaluate that model 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cai.detect.auxiliary import AuxiliaryData
-from cai.detect.headclip import HeadCLIP, HeadCLIPLoss, build_clip
+from cai.detect.headclip import HeadCLIP, HeadCLIPLoss, build_clip, check_config
 from cai.detect.trainer import DetectorTrainer, EvalSet, TrainSet
 from cai.errors import CaiError, ConfigError
 from cai.io import save_torch
@@ -33,10 +34,12 @@ from cai.seeding import torch_generator
 
 log = logging.getLogger(__name__)
 
+CLIP_WEIGHTS_KEY = "clip_weights"  # in a checkpoint's model state: the CLIP weights file it was learned on
 PROMPT_INIT_STREAM = 16  # torch_generator(seed, 16): the prompt initialisation's own random stream
 # Settings that change only how a trained model is evaluated, not what it learns (auxiliary training key).
+# ``amp`` is not one of them: on CUDA it trains in bf16, which learns other parameters.
 EVAL_ONLY_KEYS = ("selection", "val_fraction", "eval_every", "eval_batch_size", "pro_fpr_limit", "sigma", "jas",
-                  "amp", "compile", "channels_last", "train_on")
+                  "compile", "channels_last", "train_on")
 
 
 class HeadCLIPTrainer(DetectorTrainer):
@@ -46,6 +49,11 @@ class HeadCLIPTrainer(DetectorTrainer):
     def from_config(cls, cfg: DictConfig, run_dir: Path, device: torch.device, seed: int,
                     on_epoch: Callable[[int, dict], None] | None = None) -> HeadCLIPTrainer:
         return cls(cfg, run_dir, device, seed, on_epoch=on_epoch)
+
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """HeadCLIP's settings and weights file (:func:`cai.detect.headclip.check_config`), before any work."""
+        check_config(cfg)
 
     def __init__(self, cfg: DictConfig, run_dir: Path, device: torch.device, seed: int,
                  on_epoch: Callable[[int, dict], None] | None = None) -> None:
@@ -61,10 +69,42 @@ class HeadCLIPTrainer(DetectorTrainer):
     def build_loss(self, cfg: DictConfig) -> Callable:
         return HeadCLIPLoss(**cfg.loss)
 
+    def clip_weights(self) -> dict[str, Any] | None:
+        """The CLIP weights file the learned parameters go with: name, size and sha256 (None: a random CLIP).
+        Hashed once per trainer (a few seconds for ViT-L/14@336's 0.9 GB, beside minutes of loading and
+        training)."""
+        if not hasattr(self, "_clip_weights"):
+            weights = self.cfg.clip.get("weights")
+            path = Path(str(weights)) if weights not in (None, "") else None
+            self._clip_weights = None
+            if path is not None and path.is_file():
+                with path.open("rb") as f:
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+                self._clip_weights = {"name": path.name, "bytes": path.stat().st_size, "sha256": digest}
+        return self._clip_weights
+
     def model_state(self, model: torch.nn.Module) -> dict[str, Any]:
-        return model.learnable_state()
+        """The learned parameters, and which CLIP weights they were learned on (``CLIP_WEIGHTS_KEY``)."""
+        return {**model.learnable_state(), CLIP_WEIGHTS_KEY: self.clip_weights()}
 
     def load_model_state(self, model: torch.nn.Module, state: dict[str, Any]) -> None:
+        """Load learned parameters; they must have been learned on the CLIP weights file there now (a file
+        replaced under the same path would silently pair them with another backbone: on resume, in the
+        final evaluation, in predict). A checkpoint from before the weights were recorded is not checked."""
+        state = dict(state)
+        if CLIP_WEIGHTS_KEY in state:
+            recorded, current = state.pop(CLIP_WEIGHTS_KEY), self.clip_weights()
+            if recorded != current:
+                def show(w: dict | None) -> str:
+                    return ("a random CLIP" if w is None
+                            else f"{w['name']} ({w['bytes']} bytes, sha256 {w['sha256'][:12]})")
+
+                raise ConfigError(
+                    f"These HeadCLIP parameters were learned on the CLIP weights {show(recorded)}, but "
+                    f"detector.clip.weights is now {show(current)}: the file was replaced, so they would be used "
+                    "with another backbone.", where=f"detector.clip.weights={self.cfg.clip.get('weights')}",
+                    fix="Restore the weights file the run was trained with, or delete the run dir (or the "
+                        "auxiliary training dir) to train again on the new weights.")
         model.load_learnable_state(state)
 
     def _build(self) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
@@ -100,15 +140,14 @@ class HeadCLIPTrainer(DetectorTrainer):
     # -- HeadCLIP's own protocol -----------------------------------------------------------------------------
     def training_key(self, aux: AuxiliaryData) -> dict[str, Any]:
         """What decides the learned parameters of an auxiliary training: the detector settings that act on
-        training, the seed, the auxiliary data and the CLIP weights file (by name and size, not location)."""
+        training, the seed, the auxiliary data and the CLIP weights file (by name, size and content, not location)."""
         detector = OmegaConf.to_container(self.cfg, resolve=True)
         assert isinstance(detector, dict)
         for key in EVAL_ONLY_KEYS:
             detector.pop(key, None)
-        weights = detector.get("clip", {}).pop("weights", None)
-        file = Path(str(weights)) if weights else None
+        detector.get("clip", {}).pop("weights", None)  # its location does not matter, its content does
         return {"detector": detector, "seed": self.seed, "auxiliary": aux.identity(),
-                "clip_weights": {"name": file.name, "bytes": file.stat().st_size} if file and file.is_file() else None}
+                "clip_weights": self.clip_weights()}
 
     def fit_auxiliary(self, aux: AuxiliaryData, test: EvalSet, resume: bool = True) -> dict:
         """Train on ``aux`` once (shared by every target category: ``<cache>/headclip_auxiliary/<key>``,

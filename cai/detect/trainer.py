@@ -127,6 +127,11 @@ class DetectorTrainer:
 
         return cls(cfg, lambda: instantiate(cfg.model), run_dir, device, seed, on_epoch=on_epoch)
 
+    @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """Checks of ``detector`` that only this detector family knows and that need no data, run by
+        :func:`cai.validate.validate_job` before any work (the UNet's settings are checked there)."""
+
     def build_loss(self, cfg: DictConfig) -> Callable:
         """The training loss, called as ``loss_fn(model_output, masks)``: focal loss on the UNet's logits."""
         return FocalLoss(**cfg.loss)
@@ -334,6 +339,11 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, seed: int
                  on_epoch: Callable[[int, dict], None] | None = None) -> DetectorTrainer:
     """The trainer ``detector=<choice>`` names: ``cfg.trainer`` (a class path, e.g. HeadCLIP's), or the
     UNet's :class:`DetectorTrainer` when the detector config names none (conf/detector/unet.yaml)."""
+    return trainer_class(cfg).from_config(cfg, run_dir, device, seed, on_epoch=on_epoch)
+
+
+def trainer_class(cfg: DictConfig) -> type[DetectorTrainer]:
+    """The trainer class ``detector.trainer`` names (the UNet's :class:`DetectorTrainer` when none)."""
     from hydra.utils import get_class
 
     target = cfg.get("trainer")
@@ -341,4 +351,4 @@ def make_trainer(cfg: DictConfig, run_dir: Path, device: torch.device, seed: int
     if not (isinstance(cls, type) and issubclass(cls, DetectorTrainer)):
         raise ConfigError(f"detector.trainer={target} is not a DetectorTrainer.", where="detector.trainer",
                           fix="Name a subclass of cai.detect.trainer.DetectorTrainer, or drop the key (the UNet's).")
-    return cls.from_config(cfg, run_dir, device, seed, on_epoch=on_epoch)
+    return cls
