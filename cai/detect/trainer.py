@@ -256,6 +256,10 @@ class DetectorTrainer:
         state = self.resume_from(last, model, opt, sched) if resume else None
         state = state or {"epoch": 0, "best": None, "history": []}
         train = train.to(self.device)
+        if self.cfg.compile and self.device.type != "cuda":  # not an error: it runs, but for a long time
+            log.warning("detector.compile=true on %s: compiling takes minutes to tens of minutes before the "
+                        "first step (a HeadCLIP probe was still compiling after 30 min on 2 cores), and on an "
+                        "H200 the compiled UNet was slower than eager (results/bench_gpu.md).", self.device.type)
         forward = torch.compile(model) if self.cfg.compile else model
         epochs, eval_every = int(self.cfg.epochs), int(self.cfg.eval_every)
         for epoch in range(state["epoch"], epochs):

@@ -94,6 +94,21 @@ def test_selection_last_reports_last_epoch(tmp_path):
     assert [("pixel_auroc" in h) for h in result["history"]] == [False, True]
 
 
+def test_compile_off_cuda_warns_that_it_takes_long(tmp_path, monkeypatch, caplog):
+    """detector.compile=true on the CPU runs (torch.compile; replaced here by a counting identity), but with a
+    warning: compiling took >30 min on 2 cores and was slower than eager on an H200."""
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    train, test = _toy()
+    with caplog.at_level("WARNING", logger="cai.detect.trainer"):
+        _trainer(tmp_path / "c", selection="last", epochs=1, compile=True).fit(train, test)
+    assert len(compiled) == 1 and "detector.compile=true on cpu" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cai.detect.trainer"):
+        _trainer(tmp_path / "e", selection="last", epochs=1).fit(train, test)
+    assert len(compiled) == 1 and "detector.compile" not in caplog.text
+
+
 def test_resume_equals_uninterrupted(tmp_path):
     train, test = _toy()
     torch.manual_seed(0)
