@@ -12,7 +12,6 @@ training happens once per (auxiliary data, detector config, seed) in a shared di
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from cai.data.types import CategoryData
 from cai.detect.trainer import TrainSet
 from cai.errors import ConfigError
 from cai.io import read_image, read_mask, resize_image, resize_mask
-from cai.track import manifest_digest
+from cai.track import file_sha256, manifest_digest
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +115,11 @@ class AuxiliaryData:
         by_size: dict[int, list[Path]] = {}
         for p in aux_files:
             by_size.setdefault(p.stat().st_size, []).append(p)
-        digests: dict[Path, str] = {}
-
-        def digest(path: Path) -> str:
-            if path not in digests:
-                digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
-            return digests[path]
-
         shared = []
         for item in target.test:
             image = Path(item.image)
             same_size = by_size.get(image.stat().st_size, ())
-            if image.resolve() in by_path or any(digest(image) == digest(p) for p in same_size):
+            if image.resolve() in by_path or any(file_sha256(image) == file_sha256(p) for p in same_size):
                 shared.append(image)
         if shared:
             raise ConfigError(

@@ -13,7 +13,6 @@ train once on another dataset's annotated test images, then evaluate that model 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable
@@ -31,6 +30,7 @@ from cai.io import save_torch
 from cai.metrics import selection_score
 from cai.runid import RunDirLock, config_digest
 from cai.seeding import torch_generator
+from cai.track import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,14 @@ class HeadCLIPTrainer(DetectorTrainer):
 
     def clip_weights(self) -> dict[str, Any] | None:
         """The CLIP weights file the learned parameters go with: name, size and sha256 (None: a random CLIP).
-        Hashed once per trainer (a few seconds for ViT-L/14@336's 0.9 GB, beside minutes of loading and
-        training)."""
+        Hashed once per process while the file is unchanged (``cai.track.file_sha256``; a few seconds for
+        ViT-L/14@336's 0.9 GB, beside minutes of loading and training)."""
         if not hasattr(self, "_clip_weights"):
             weights = self.cfg.clip.get("weights")
             path = Path(str(weights)) if weights not in (None, "") else None
             self._clip_weights = None
             if path is not None and path.is_file():
-                with path.open("rb") as f:
-                    digest = hashlib.file_digest(f, "sha256").hexdigest()
-                self._clip_weights = {"name": path.name, "bytes": path.stat().st_size, "sha256": digest}
+                self._clip_weights = {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         return self._clip_weights
 
     def model_state(self, model: torch.nn.Module) -> dict[str, Any]:
