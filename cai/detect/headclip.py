@@ -169,9 +169,7 @@ def build_clip(clip_cfg: DictConfig, seed: int = 0) -> nn.Module:
                     f".bin/.safetensors; download: {_download_hint(clip_cfg)}), or set detector.clip.model to "
                     "the model the file holds.") from err
     if not isinstance(model.visual, oc.transformer.VisionTransformer) or model.visual.proj is None:
-        raise ConfigError(f"detector.clip.model={clip_cfg.model} has no ViT image tower with a projection; "
-                          "HeadCLIP re-weights ViT attention heads.", where="detector.clip.model",
-                          fix="Use a ViT CLIP, e.g. detector.clip.model=ViT-L-14-336.")
+        raise _not_a_vit(clip_cfg)
     if model.text_pool_type != "argmax":
         raise ConfigError(f"detector.clip.model={clip_cfg.model} pools text with {model.text_pool_type!r}; the "
                           "prompt learner reads the end-of-text token (argmax).", where="detector.clip.model",
@@ -182,6 +180,13 @@ def build_clip(clip_cfg: DictConfig, seed: int = 0) -> nn.Module:
 
 
 # --------------------------------------------------------------------------------------------- checks
+def _not_a_vit(clip_cfg: DictConfig) -> ConfigError:
+    """The error for a CLIP without a ViT image tower (found from its config, or on the built model)."""
+    return ConfigError(f"detector.clip.model={clip_cfg.model} has no ViT image tower with a projection; "
+                       "HeadCLIP re-weights ViT attention heads.", where="detector.clip.model",
+                       fix="Use a ViT CLIP, e.g. detector.clip.model=ViT-L-14-336.")
+
+
 @dataclass(frozen=True)
 class ClipShape:
     """What HeadCLIP's settings must fit in a CLIP: image blocks, heads and patch size; text blocks and
@@ -215,9 +220,7 @@ class ClipShape:
                               else "detector.clip.model",
                               fix="Use an open_clip model name, e.g. detector.clip.model=ViT-L-14-336.") from err
         if vision.timm_model_name or not isinstance(vision.layers, int):
-            raise ConfigError(f"detector.clip.model={clip_cfg.model} has no ViT image tower with a projection; "
-                              "HeadCLIP re-weights ViT attention heads.", where="detector.clip.model",
-                              fix="Use a ViT CLIP, e.g. detector.clip.model=ViT-L-14-336.")
+            raise _not_a_vit(clip_cfg)
         return cls(int(vision.layers), int(vision.width) // int(vision.head_width), int(vision.patch_size),
                    int(text.layers), int(text.context_length))
 
